@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test, as CI does (.ci/run calls this). Installs what it needs on a fresh
+# Debian machine. MUTATIONS sets the size of the mutation run (default 200000; the full
+# run is 10000000, see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+need_rust_components
+need_debian_packages ca-certificates python3
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== mutation run"
+cargo run --release --locked -q -p spa-proto --example mutate -- --count "${MUTATIONS:-200000}"
+echo "== benchmarks compile"
+cargo bench --locked --workspace --no-run -q 2>&1 | grep -v '^ *Executable' || true
