@@ -1,0 +1,4 @@
+//! spa-server as a library, so tests drive it in-process; `main.rs` only calls [`cli`].
+
+pub mod firewall;
+pub mod packet;
