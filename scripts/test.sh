@@ -14,6 +14,8 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
+# The end-to-end tests run the real binaries: build them first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
 echo "== mutation run"
 cargo run --release --locked -q -p spa-proto --example mutate -- --count "${MUTATIONS:-200000}"

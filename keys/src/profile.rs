@@ -28,6 +28,8 @@ struct ProfileFile {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_key: Option<Zeroizing<String>>,
     public_key: String,
     address: String,
     port: u16,
@@ -46,6 +48,8 @@ pub struct ServerEntry {
     pub psk: Option<Psk>,
     /// Service names this profile defines for the server (`admin` → `tcp/8443`...).
     pub services: BTreeMap<String, Vec<Access>>,
+    /// A key for this server only (an imported bundle's), instead of the profile's key.
+    pub secret: Option<ClientSecret>,
 }
 
 /// A client profile.
@@ -113,6 +117,12 @@ impl Profile {
                 Some(p) => Some(Psk::from_text(p).map_err(|e| invalid(format!("psk: {e}")))?),
                 None => None,
             };
+            let own_secret = match &s.secret_key {
+                Some(k) => Some(
+                    ClientSecret::from_text(k).map_err(|e| invalid(format!("secret_key: {e}")))?,
+                ),
+                None => None,
+            };
             let mut services = BTreeMap::new();
             for (svc, list) in s.services {
                 if !valid_name(&svc) {
@@ -138,6 +148,7 @@ impl Profile {
                     },
                     psk,
                     services,
+                    secret: own_secret,
                 },
             );
         }
@@ -155,6 +166,7 @@ impl Profile {
                     (
                         name.clone(),
                         ServerFile {
+                            secret_key: s.secret.as_ref().map(KeyText::to_text),
                             public_key: public_text(&s.card.key),
                             address: s.card.host.clone(),
                             port: s.card.port,
@@ -209,6 +221,33 @@ impl Profile {
         Ok(())
     }
 
+    /// Merges the servers of a bundle (another profile) into this one. A server whose key
+    /// differs from this profile's keeps the bundle's key as its own. Existing names are
+    /// refused. Returns the names added.
+    pub fn import(&mut self, bundle: &Profile) -> Result<Vec<String>> {
+        if bundle.servers.is_empty() {
+            return Err(Error::Usage("the bundle names no server".into()));
+        }
+        if let Some(name) = bundle
+            .servers
+            .keys()
+            .find(|n| self.servers.contains_key(*n))
+        {
+            return Err(Error::Usage(format!(
+                "the profile already has a server named {name:?}; remove it first or edit the bundle"
+            )));
+        }
+        for (name, entry) in &bundle.servers {
+            let mut entry = entry.clone();
+            let key = entry.secret.take().unwrap_or_else(|| bundle.secret.clone());
+            if key.public() != self.secret.public() {
+                entry.secret = Some(key);
+            }
+            self.servers.insert(name.clone(), entry);
+        }
+        Ok(bundle.servers.keys().cloned().collect())
+    }
+
     /// Finds a server by profile name, or by the host/address it was added with.
     pub fn find_server(&self, host: &str) -> Option<(&str, &ServerEntry)> {
         self.servers
@@ -223,6 +262,11 @@ impl Profile {
 }
 
 impl ServerEntry {
+    /// The key to knock on this server with.
+    pub fn secret<'a>(&'a self, profile: &'a Profile) -> &'a ClientSecret {
+        self.secret.as_ref().unwrap_or(&profile.secret)
+    }
+
     /// Resolves a service: a name this profile defines, a well-known name, or
     /// `tcp/PORT`/`udp/PORT`.
     pub fn resolve(&self, service: &str) -> Result<Vec<Access>> {
@@ -252,6 +296,7 @@ mod tests {
                 card,
                 psk: Some(Psk::generate(&mut OsRng)),
                 services,
+                secret: None,
             },
             false,
         )
@@ -281,6 +326,26 @@ mod tests {
         assert_eq!(s.resolve("ssh").unwrap(), vec![Access::tcp(22).unwrap()]);
         assert!(s.resolve("nope").is_err());
         assert!(matches!(p.create(&path), Err(Error::Exists(_))));
+    }
+
+    #[test]
+    fn import_keeps_the_bundle_key_per_server() {
+        let mut mine = Profile::generate(&mut OsRng);
+        let bundle = sample();
+        assert_eq!(mine.import(&bundle).unwrap(), vec!["web1".to_string()]);
+        let entry = &mine.servers["web1"];
+        assert_eq!(entry.secret(&mine).public(), bundle.secret.public());
+        assert!(mine.import(&bundle).is_err(), "same name twice");
+        // Round trip keeps the per-server key.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spa");
+        mine.create(&path).unwrap();
+        let again = Profile::load(&path).unwrap();
+        assert_eq!(
+            again.servers["web1"].secret(&again).public(),
+            bundle.secret.public()
+        );
+        assert_eq!(again.secret.public(), mine.secret.public());
     }
 
     #[test]

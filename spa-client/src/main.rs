@@ -1,6 +1,5 @@
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("spa-client: not built yet; see the open issues");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    spa_client::cli::main()
 }

@@ -87,6 +87,24 @@ impl<U> ClientEntry<U> {
             user,
         })
     }
+    /// The same key with new details, reusing the precomputed `ss` (a reload of the users
+    /// store changes policy, psk or revocation without another Diffie-Hellman).
+    pub fn rebind<V>(
+        &self,
+        psk: Option<Psk>,
+        revoked: bool,
+        policy: Arc<Policy>,
+        user: V,
+    ) -> ClientEntry<V> {
+        ClientEntry {
+            key: self.key,
+            ss: self.ss.clone(),
+            psk,
+            revoked,
+            policy,
+            user,
+        }
+    }
     /// The client's public key.
     pub const fn key(&self) -> &ClientPublic {
         &self.key
@@ -122,6 +140,13 @@ impl<U, S: BuildHasher> Directory for HashMap<ClientPublic, ClientEntry<U>, S> {
     type User = U;
     fn lookup(&self, key: &ClientPublic) -> Option<&ClientEntry<U>> {
         self.get(key)
+    }
+}
+
+impl<U, S: BuildHasher> Directory for HashMap<ClientPublic, Arc<ClientEntry<U>>, S> {
+    type User = U;
+    fn lookup(&self, key: &ClientPublic) -> Option<&ClientEntry<U>> {
+        self.get(key).map(|e| &**e)
     }
 }
 

@@ -1,4 +1,7 @@
 //! spa-server as a library, so tests drive it in-process; `main.rs` only calls [`cli`].
 
+pub mod admin;
+pub mod cli;
+pub mod directory;
 pub mod firewall;
 pub mod packet;

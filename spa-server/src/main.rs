@@ -1,6 +1,5 @@
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("spa-server: not built yet; see the open issues");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    spa_server::cli::main()
 }

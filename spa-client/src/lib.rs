@@ -1,0 +1,5 @@
+//! spa-client as a library; `main.rs` only calls [`cli`].
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod profile_cmds;

@@ -1,0 +1,335 @@
+//! The admin commands: init, card, check, key rotation, users. Output goes to a writer so
+//! tests can read it; no command ever prints a secret.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use rand::rngs::OsRng;
+use serde_json::json;
+use spa_keys::card::{split_endpoint, Card};
+use spa_keys::profile::{Profile, ServerEntry};
+use spa_keys::server::{self, ServerConfig};
+use spa_keys::services::{format_duration, name_of, parse_access_list, parse_duration};
+use spa_keys::text::{public_text, KeyText};
+use spa_keys::users::{User, UserKey, Users};
+use spa_keys::{Error, Result};
+use spa_proto::{Access, ClientPublic, Psk};
+
+use crate::cli::{Cli, Command, PolicyArgs, UserCommand};
+
+fn io(e: std::io::Error) -> Error {
+    Error::io(std::path::Path::new("<stdout>"), e)
+}
+
+/// Runs one parsed command.
+pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
+    match &cli.command {
+        Command::Init { dir, port } => {
+            let r = server::init(dir, *port, &mut OsRng)?;
+            writeln!(
+                out,
+                "created {} (config), {} (secret key, 0600), {} (users)\nSPA port: udp/{}\nserver public key: {}\n\
+                 next: spa-server card --config {} --endpoint HOST",
+                r.config.display(),
+                r.key_file.display(),
+                r.users_file.display(),
+                r.port,
+                public_text(&r.public),
+                r.config.display()
+            )
+            .map_err(io)
+        }
+        Command::Card { endpoint } => {
+            let config = ServerConfig::load(&cli.config)?;
+            let card = card(&config, endpoint)?;
+            writeln!(out, "{card}").map_err(io)
+        }
+        Command::Check => {
+            let config = ServerConfig::load(&cli.config)?;
+            let (key, users) = config.check()?;
+            let keys: usize = users.iter().map(|u| u.keys.len()).sum();
+            writeln!(
+                out,
+                "{}: ok (server key {}, {} users, {} keys, port udp/{})",
+                cli.config.display(),
+                key.public().key_id(),
+                users.len(),
+                keys,
+                config.port
+            )
+            .map_err(io)
+        }
+        Command::RotateKey {
+            accept_old_for,
+            accept_old_until,
+        } => {
+            let config = ServerConfig::load(&cli.config)?;
+            let until = match (accept_old_for, accept_old_until) {
+                (Some(d), _) => SystemTime::now() + parse_duration(d)?,
+                (None, Some(t)) => humantime::parse_rfc3339_weak(t)
+                    .map_err(|_| Error::Usage(format!("not an RFC 3339 time: {t:?}")))?,
+                (None, None) => {
+                    return Err(Error::Usage(
+                        "give --accept-old-for or --accept-old-until".into(),
+                    ))
+                }
+            };
+            let (file, key) = server::rotate_key(&config, until, &mut OsRng)?;
+            writeln!(
+                out,
+                "new server key {} in {} (0600); the old key {} is accepted until {}.\n\
+                 give clients the new card: spa-server card --endpoint HOST",
+                key.public().key_id(),
+                file.display(),
+                config.secret_key()?.public().key_id(),
+                humantime::format_rfc3339_seconds(until)
+            )
+            .map_err(io)
+        }
+        Command::User(cmd) => user(cli, cmd, out),
+    }
+}
+
+fn card(config: &ServerConfig, endpoint: &str) -> Result<Card> {
+    let (host, port) = split_endpoint(endpoint)?;
+    Ok(Card {
+        key: config.secret_key()?.public(),
+        host,
+        port: port.unwrap_or(config.port),
+    })
+}
+
+fn new_user(name: &str, policy: &PolicyArgs, key: ClientPublic, psk: Option<Psk>) -> Result<User> {
+    let max = parse_duration(&policy.max_duration)?;
+    let now = SystemTime::now();
+    Ok(User {
+        name: name.to_owned(),
+        created: now,
+        allow: parse_access_list(&policy.allow)?,
+        max_duration_s: max.as_secs().try_into().unwrap_or(u32::MAX),
+        nat: policy.nat,
+        psk,
+        keys: vec![UserKey {
+            key,
+            revoked: false,
+            added: now,
+        }],
+    })
+}
+
+fn user(cli: &Cli, cmd: &UserCommand, out: &mut impl Write) -> Result<()> {
+    let config = ServerConfig::load(&cli.config)?;
+    let path = &config.users_file;
+    let mut users = Users::load(path)?;
+    match cmd {
+        UserCommand::Add {
+            name,
+            pubkey,
+            policy,
+        } => {
+            let key = ClientPublic::from_text(pubkey)?;
+            users.add(new_user(name, policy, key, None)?)?;
+            users.save(path)?;
+            writeln!(out, "added user {name} with key {}", key.key_id()).map_err(io)
+        }
+        UserCommand::Provision {
+            name,
+            policy,
+            endpoint,
+            out: bundle,
+            psk,
+            server_name,
+        } => {
+            let card = card(&config, endpoint)?;
+            let mut profile = Profile::generate(&mut OsRng);
+            let psk = psk.then(|| Psk::generate(&mut OsRng));
+            let user = new_user(name, policy, profile.secret.public(), psk.clone())?;
+            users.add(user.clone())?;
+            let services = user
+                .allow
+                .iter()
+                .map(|a| {
+                    (
+                        name_of(*a).map_or_else(|| a.to_string().replace('/', "-"), str::to_owned),
+                        vec![*a],
+                    )
+                })
+                .collect();
+            let server_name = server_name.clone().unwrap_or_else(|| card.host.clone());
+            profile.add_server(
+                &server_name,
+                ServerEntry {
+                    card,
+                    psk,
+                    services,
+                    secret: None,
+                },
+                false,
+            )?;
+            // The bundle first: if it cannot be written, the user is not registered.
+            profile.create(bundle)?;
+            users.save(path)?;
+            writeln!(
+                out,
+                "added user {name} with key {}; bundle written to {} (0600).\n\
+                 give it to the user over a private channel; they use it as `spa-client --key {} {server_name} SERVICE`\n\
+                 or import it with `spa-client import {}`",
+                profile.secret.public().key_id(),
+                bundle.display(),
+                bundle.display(),
+                bundle.display()
+            )
+            .map_err(io)
+        }
+        UserCommand::List { json } => {
+            if *json {
+                for u in users.iter() {
+                    writeln!(out, "{}", user_json(u)).map_err(io)?;
+                }
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<20} {:>4} {:>7}  {:<6} {:<4} {:<4} ALLOW",
+                "NAME", "KEYS", "REVOKED", "MAX", "NAT", "PSK"
+            )
+            .map_err(io)?;
+            for u in users.iter() {
+                writeln!(
+                    out,
+                    "{:<20} {:>4} {:>7}  {:<6} {:<4} {:<4} {}",
+                    u.name,
+                    u.keys.len(),
+                    u.keys.iter().filter(|k| k.revoked).count(),
+                    format_duration(u.max_duration_s),
+                    if u.nat { "yes" } else { "no" },
+                    if u.psk.is_some() { "yes" } else { "no" },
+                    access_text(&u.allow)
+                )
+                .map_err(io)?;
+            }
+            Ok(())
+        }
+        UserCommand::Show { name, json } => {
+            let u = users
+                .get(name)
+                .ok_or_else(|| Error::Usage(format!("no user named {name:?}")))?;
+            if *json {
+                return writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&user_json(u)).expect("json")
+                )
+                .map_err(io);
+            }
+            writeln!(
+                out,
+                "user:         {}\ncreated:      {}\nallow:        {}\nmax duration: {}\nnat mode:     {}\npsk:          {}\nkeys:",
+                u.name,
+                humantime::format_rfc3339_seconds(u.created),
+                access_text(&u.allow),
+                format_duration(u.max_duration_s),
+                if u.nat { "allowed" } else { "no" },
+                if u.psk.is_some() { "yes (not shown)" } else { "no" },
+            )
+            .map_err(io)?;
+            for k in &u.keys {
+                writeln!(
+                    out,
+                    "  {} {}  added {}{}",
+                    k.key.key_id(),
+                    public_text(&k.key),
+                    humantime::format_rfc3339_seconds(k.added),
+                    if k.revoked { "  REVOKED" } else { "" }
+                )
+                .map_err(io)?;
+            }
+            Ok(())
+        }
+        UserCommand::Revoke { name, key } | UserCommand::Unrevoke { name, key } => {
+            let revoke = matches!(cmd, UserCommand::Revoke { .. });
+            let only = key.as_deref().map(ClientPublic::from_text).transpose()?;
+            let n = users.update(name, |u| {
+                let mut n = 0;
+                for k in u
+                    .keys
+                    .iter_mut()
+                    .filter(|k| only.is_none_or(|o| o == k.key))
+                {
+                    k.revoked = revoke;
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err(Error::Usage(format!("user {name:?} has no such key")));
+                }
+                Ok(n)
+            })?;
+            users.save(path)?;
+            let verb = if revoke { "revoked" } else { "unrevoked" };
+            writeln!(out, "{verb} {n} key(s) of user {name}").map_err(io)
+        }
+        UserCommand::Remove { name } => {
+            let u = users.remove(name)?;
+            users.save(path)?;
+            writeln!(out, "removed user {name} and {} key(s)", u.keys.len()).map_err(io)
+        }
+        UserCommand::AddKey { name, pubkey } => {
+            let key = ClientPublic::from_text(pubkey)?;
+            users.update(name, |u| {
+                u.keys.push(UserKey {
+                    key,
+                    revoked: false,
+                    added: SystemTime::now(),
+                });
+                Ok(())
+            })?;
+            users.save(path)?;
+            writeln!(out, "added key {} to user {name}", key.key_id()).map_err(io)
+        }
+        UserCommand::Allow { name, access } | UserCommand::Deny { name, access } => {
+            let allow = matches!(cmd, UserCommand::Allow { .. });
+            let list = parse_access_list(access)?;
+            let now = users.update(name, |u| {
+                if allow {
+                    for a in &list {
+                        if !u.allow.contains(a) {
+                            u.allow.push(*a);
+                        }
+                    }
+                } else {
+                    u.allow.retain(|a| !list.contains(a));
+                }
+                Ok(u.allow.clone())
+            })?;
+            users.save(path)?;
+            writeln!(out, "user {name} may now open: {}", access_text(&now)).map_err(io)
+        }
+    }
+}
+
+fn access_text(list: &[Access]) -> String {
+    if list.is_empty() {
+        return "(nothing)".into();
+    }
+    list.iter()
+        .map(Access::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn user_json(u: &User) -> serde_json::Value {
+    json!({
+        "name": u.name,
+        "created": humantime::format_rfc3339_seconds(u.created).to_string(),
+        "allow": u.allow.iter().map(Access::to_string).collect::<Vec<_>>(),
+        "max_duration_s": u.max_duration_s,
+        "nat": u.nat,
+        "psk": u.psk.is_some(),
+        "keys": u.keys.iter().map(|k| json!({
+            "key_id": k.key.key_id().to_string(),
+            "public_key": public_text(&k.key),
+            "revoked": k.revoked,
+            "added": humantime::format_rfc3339_seconds(k.added).to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,177 @@
+//! The command line: argument parsing and dispatch only; the work is in [`crate::admin`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin;
+
+/// spa-server: Single Packet Authorization server.
+#[derive(Debug, Parser)]
+#[command(name = "spa-server", version, about, long_about = None)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, value_name = "FILE", default_value = spa_keys::server::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a configuration, a server key pair and an empty users store.
+    Init {
+        /// Directory to create them in.
+        #[arg(long, value_name = "DIR", default_value = spa_keys::server::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The SPA port (default: random, 10000-32767).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Print the server's card (public key, address, port) for clients.
+    Card {
+        /// Where clients reach this server: HOST or HOST:PORT.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        endpoint: String,
+    },
+    /// Validate the configuration, keys and users; non-zero exit on any error.
+    Check,
+    /// Make a new server key; the old one is still accepted until a date.
+    RotateKey {
+        /// Keep accepting the old key for this long (e.g. 7d).
+        #[arg(
+            long,
+            value_name = "DURATION",
+            conflicts_with = "accept_old_until",
+            required_unless_present = "accept_old_until"
+        )]
+        accept_old_for: Option<String>,
+        /// Keep accepting the old key until this time (RFC 3339, e.g. 2026-12-31T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        accept_old_until: Option<String>,
+    },
+    /// Manage users and their keys.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// Access and duration options shared by `user add` and `user provision`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// What the user may open: names or tcp/PORT, udp/PORT, comma-separated (e.g. ssh,tcp/8443).
+    #[arg(long, value_name = "LIST")]
+    pub allow: String,
+    /// Longest grant (e.g. 30m, 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub max_duration: String,
+    /// Allow NAT mode (open whatever address the knock arrives from).
+    #[arg(long)]
+    pub nat: bool,
+}
+
+/// `spa-server user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Register a user with a public key the user generated (`spa-client keygen`).
+    Add {
+        /// User name.
+        name: String,
+        /// The user's public key (spaclient1...).
+        #[arg(long, value_name = "KEY")]
+        pubkey: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Create a key pair for a user, register it, and write a 0600 bundle for the user.
+    Provision {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Where clients reach this server: HOST or HOST:PORT.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        endpoint: String,
+        /// The bundle file to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also give the user a pre-shared key (knocks then use Noise Xpsk1).
+        #[arg(long)]
+        psk: bool,
+        /// The server's name inside the bundle (default: the endpoint's host).
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
+    },
+    /// List users.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user.
+    Show {
+        /// User name.
+        name: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke all of a user's keys, or one (takes effect on a running server within a second).
+    Revoke {
+        /// User name.
+        name: String,
+        /// Only this key.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
+    /// Undo a revocation.
+    Unrevoke {
+        /// User name.
+        name: String,
+        /// Only this key.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
+    /// Remove a user and all their keys.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// Add another key to a user (a second device, or a rotation).
+    AddKey {
+        /// User name.
+        name: String,
+        /// The new public key (spaclient1...).
+        #[arg(long, value_name = "KEY")]
+        pubkey: String,
+    },
+    /// Allow a user more access.
+    Allow {
+        /// User name.
+        name: String,
+        /// Names or tcp/PORT, udp/PORT, comma-separated.
+        access: String,
+    },
+    /// Take access away from a user.
+    Deny {
+        /// User name.
+        name: String,
+        /// Names or tcp/PORT, udp/PORT, comma-separated.
+        access: String,
+    },
+}
+
+/// Runs the command line; errors go to stderr with a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    match admin::run(&cli, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spa-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
