@@ -4,4 +4,5 @@ pub mod admin;
 pub mod cli;
 pub mod directory;
 pub mod firewall;
+pub mod live;
 pub mod packet;
