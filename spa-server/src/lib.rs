@@ -4,5 +4,8 @@ pub mod admin;
 pub mod cli;
 pub mod directory;
 pub mod firewall;
+pub mod limits;
 pub mod live;
 pub mod packet;
+pub mod pipeline;
+pub mod replay;
