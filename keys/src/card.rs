@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use spa_proto::ServerPublic;
 
 use crate::error::Error;
-use crate::text::{public_text, KeyText};
+use crate::text::public_text;
 
 /// A server's public key and where to knock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,7 @@ impl FromStr for Card {
         let (key, endpoint) = rest
             .split_once('@')
             .ok_or_else(|| Error::Usage("a server card is spa://KEY@HOST:PORT".into()))?;
-        let key = ServerPublic::from_text(key)?;
+        let key = crate::text::parse_public::<ServerPublic>(key)?;
         let (host, port) = split_endpoint(endpoint)?;
         let port = port.ok_or_else(|| Error::Usage("the server card has no port".into()))?;
         Ok(Card { key, host, port })

@@ -105,7 +105,7 @@ impl Profile {
                     "server names use letters, digits, '.', '_', '-'".into(),
                 ));
             }
-            let key = ServerPublic::from_text(&s.public_key)
+            let key = crate::text::parse_public::<ServerPublic>(&s.public_key)
                 .map_err(|e| invalid(format!("public_key: {e}")))?;
             if !valid_host(&s.address) {
                 return Err(invalid("address is not a host name or IP address".into()));

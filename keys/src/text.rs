@@ -81,6 +81,9 @@ pub enum KeyTextError {
     /// Right prefix and checksum, wrong length.
     #[error("expected {}: wrong length", .0.describe())]
     Length(KeyKind),
+    /// A public key that is not a canonical curve point encoding (never produced by spa).
+    #[error("expected {}: not a canonical key encoding", .0.describe())]
+    NonCanonical(KeyKind),
 }
 
 fn encode(kind: KeyKind, bytes: &[u8; 32]) -> String {
@@ -167,6 +170,34 @@ key_text!(
     |k| Zeroizing::new(*k.as_bytes()),
     Psk::from_bytes
 );
+
+/// Parses a public key and refuses non-canonical encodings (one key, one text).
+pub fn parse_public<K: KeyText + CanonicalCheck>(text: &str) -> Result<K, KeyTextError> {
+    let key = K::from_text(text)?;
+    if key.canonical() {
+        Ok(key)
+    } else {
+        Err(KeyTextError::NonCanonical(K::KIND))
+    }
+}
+
+/// Public key types that can say whether their encoding is canonical.
+pub trait CanonicalCheck {
+    /// See [`ClientPublic::is_canonical`].
+    fn canonical(&self) -> bool;
+}
+
+impl CanonicalCheck for ServerPublic {
+    fn canonical(&self) -> bool {
+        self.is_canonical()
+    }
+}
+
+impl CanonicalCheck for ClientPublic {
+    fn canonical(&self) -> bool {
+        self.is_canonical()
+    }
+}
 
 /// The public text of a public key, as a plain `String`.
 pub fn public_text<K: KeyText>(key: &K) -> String {
@@ -256,6 +287,17 @@ mod tests {
         }
         assert!(ClientPublic::from_text(&text[..text.len() - 1]).is_err());
         assert!(ClientPublic::from_text("").is_err());
+    }
+
+    #[test]
+    fn non_canonical_public_keys_are_refused() {
+        let mut bytes = *ClientSecret::generate(&mut OsRng).public().as_bytes();
+        bytes[31] |= 0x80;
+        let text = public_text(&ClientPublic::from_bytes(bytes));
+        assert_eq!(
+            parse_public::<ClientPublic>(&text),
+            Err(KeyTextError::NonCanonical(KeyKind::ClientPublic))
+        );
     }
 
     #[test]

@@ -177,8 +177,8 @@ impl Users {
             };
             let mut user_keys = Vec::with_capacity(u.keys.len());
             for k in u.keys {
-                let key =
-                    ClientPublic::from_text(&k.public_key).map_err(|e| invalid(e.to_string()))?;
+                let key = crate::text::parse_public::<ClientPublic>(&k.public_key)
+                    .map_err(|e| invalid(e.to_string()))?;
                 if let Some(&other) = keys.get(&key) {
                     let owner = users
                         .get(other)

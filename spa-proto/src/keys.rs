@@ -12,6 +12,16 @@ use crate::labels;
 /// Length of every key in bytes.
 pub const KEY_LEN: usize = 32;
 
+/// See [`ClientPublic::is_canonical`].
+pub(crate) fn is_canonical(u: &[u8; KEY_LEN]) -> bool {
+    if u[31] & 0x80 != 0 {
+        return false;
+    }
+    // u >= p = 2^255 - 19 exactly when u = 0x7fff...ff followed by a low byte >= 0xed.
+    let top_all_ones = u[31] == 0x7f && u[1..31].iter().all(|&b| b == 0xff);
+    !(top_all_ones && u[0] >= 0xed)
+}
+
 macro_rules! key_pair_types {
     ($(#[$sm:meta])* $secret:ident, $(#[$pm:meta])* $public:ident) => {
         $(#[$pm])*
@@ -26,6 +36,14 @@ macro_rules! key_pair_types {
             /// The raw key bytes.
             pub const fn as_bytes(&self) -> &[u8; KEY_LEN] {
                 &self.0
+            }
+            /// Whether these bytes are the canonical encoding of a curve point: bit 255
+            /// clear and the u-coordinate below 2^255 − 19. X25519 ignores bit 255 and
+            /// reduces u, so a non-canonical string names the same key as a canonical one;
+            /// spa refuses such keys so one private key has exactly one public text.
+            /// Keys made by [`Self::from_bytes`] of a secret are always canonical.
+            pub fn is_canonical(&self) -> bool {
+                is_canonical(&self.0)
             }
             /// Short, non-secret identifier for logs and audit records (PROTOCOL.md §7).
             pub fn key_id(&self) -> KeyId {
@@ -108,9 +126,9 @@ pub struct Psk([u8; KEY_LEN]);
 impl Psk {
     /// A fresh pre-shared key from a cryptographically secure RNG.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        let mut bytes = [0u8; KEY_LEN];
-        rng.fill_bytes(&mut bytes);
-        Self(bytes)
+        let mut psk = Self([0u8; KEY_LEN]);
+        rng.fill_bytes(&mut psk.0);
+        psk
     }
     /// Wraps raw bytes.
     pub const fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
@@ -190,6 +208,24 @@ mod tests {
         let again = ClientSecret::from_bytes(*client.to_bytes());
         assert_eq!(client.public(), again.public());
         assert_ne!(client.public().as_bytes(), &*client.to_bytes());
+    }
+
+    #[test]
+    fn canonical_encodings() {
+        assert!(ClientPublic::from_bytes([0; 32]).is_canonical());
+        let mut p = [0xff; 32];
+        p[31] = 0x7f;
+        p[0] = 0xec; // p - 1
+        assert!(ClientPublic::from_bytes(p).is_canonical());
+        p[0] = 0xed; // p
+        assert!(!ClientPublic::from_bytes(p).is_canonical());
+        let mut high = *ClientSecret::generate(&mut OsRng).public().as_bytes();
+        assert!(ClientPublic::from_bytes(high).is_canonical());
+        high[31] |= 0x80;
+        assert!(!ClientPublic::from_bytes(high).is_canonical());
+        for _ in 0..256 {
+            assert!(ClientSecret::generate(&mut OsRng).public().is_canonical());
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub use payload::{Access, Action, OpenAddr, Payload, Proto, Request, RequestErro
 pub use reject::Reject;
 pub use seal::{seal, SealError};
 pub use verify::{
-    Checked, ClientEntry, Directory, LowOrderKey, Opened, Policy, Rejection, ReplayState, Verifier,
-    VerifierConfig,
+    Checked, ClientEntry, Directory, InvalidClientKey, Opened, Policy, Rejection, ReplayState,
+    Verifier, VerifierConfig,
 };
 pub use wire::KNOCK_LEN;

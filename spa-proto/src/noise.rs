@@ -58,6 +58,9 @@ pub enum NoiseError {
     /// The pattern needs a psk and none was given, or the reverse.
     #[error("pre-shared key missing or unexpected for this pattern")]
     Psk,
+    /// Encryption before any key was mixed in (impossible in `X`).
+    #[error("no cipher key yet")]
+    NoKey,
 }
 
 /// Noise's SymmetricState (with its CipherState folded in).
@@ -129,9 +132,8 @@ impl SymmetricState {
     }
 
     fn set_key(&mut self, key: &[u8]) {
-        let mut k = [0u8; 32];
+        let k = self.k.get_or_insert([0u8; 32]);
         k.copy_from_slice(key);
-        self.k = Some(k);
         self.n = 0;
     }
 
@@ -143,22 +145,22 @@ impl SymmetricState {
     }
 
     /// `EncryptAndHash`: `buf` holds the plaintext followed by `TAG_LEN` bytes of room;
-    /// on return it holds the ciphertext with its tag.
-    pub(crate) fn encrypt_and_hash(&mut self, buf: &mut [u8]) {
+    /// on return it holds the ciphertext with its tag. In `X` a key is always set (the
+    /// first encryption follows `es`); without one this refuses rather than send
+    /// plaintext.
+    pub(crate) fn encrypt_and_hash(&mut self, buf: &mut [u8]) -> Result<(), NoiseError> {
         let (plain, tag_room) = buf.split_at_mut(buf.len() - TAG_LEN);
-        if let Some(k) = &self.k {
-            let cipher = ChaCha20Poly1305::new(k.into());
-            let tag = cipher
-                .encrypt_in_place_detached(&self.nonce(), &self.h, plain)
-                .expect("plaintexts here are far below ChaCha20Poly1305's limit");
-            tag_room.copy_from_slice(&tag);
-            self.n += 1;
-        } else {
-            // Without a key Noise sends the plaintext; never reached by X, whose first
-            // encryption follows `es`.
-            tag_room.fill(0);
-        }
+        let Some(k) = &self.k else {
+            return Err(NoiseError::NoKey);
+        };
+        let cipher = ChaCha20Poly1305::new(k.into());
+        let tag = cipher
+            .encrypt_in_place_detached(&self.nonce(), &self.h, plain)
+            .expect("plaintexts here are far below ChaCha20Poly1305's limit");
+        tag_room.copy_from_slice(&tag);
+        self.n += 1;
         self.mix_hash(buf);
+        Ok(())
     }
 
     /// `DecryptAndHash`: `ciphertext` (with tag) is decrypted into `out`, which must be
@@ -174,7 +176,7 @@ impl SymmetricState {
         let (body, tag) = ciphertext.split_at(out.len());
         out.copy_from_slice(body);
         let Some(k) = &self.k else {
-            return Err(NoiseError::Decrypt);
+            return Err(NoiseError::NoKey);
         };
         let cipher = ChaCha20Poly1305::new(k.into());
         if cipher
@@ -236,7 +238,7 @@ pub(crate) fn initiator_write(
     state.mix_key(dh(e, rs)?.as_ref());
     // s: EncryptAndHash(S).
     s_out[..KEY_LEN].copy_from_slice(PublicKey::from(s).as_bytes());
-    state.encrypt_and_hash(s_out);
+    state.encrypt_and_hash(s_out)?;
     // ss: MixKey(DH(s, rs)).
     state.mix_key(dh(s, rs)?.as_ref());
     // psk: MixKeyAndHash(psk).
@@ -245,7 +247,7 @@ pub(crate) fn initiator_write(
     }
     // payload: EncryptAndHash(payload).
     p_out[..payload.len()].copy_from_slice(payload);
-    state.encrypt_and_hash(p_out);
+    state.encrypt_and_hash(p_out)?;
     Ok(state.handshake_hash())
 }
 

@@ -431,6 +431,11 @@ mod tests {
             (64, 1, Reject::BadPayload),      // unknown proto
             (70, 6, Reject::NonzeroPadding),  // unused slot
             (127, 1, Reject::NonzeroPadding), // padding
+            (0, 3, Reject::BadPayload),       // close plus an unknown flag
+            (0, 0x81, Reject::BadPayload),    // high flag bit
+            (42, 5, Reject::BadPayload),      // unknown destination kind
+            (72, 1, Reject::NonzeroPadding),  // unused slot 2, port byte
+            (73, 1, Reject::NonzeroPadding),  // unused slot 3
         ];
         for &(at, value, want) in cases {
             let mut buf = good;
@@ -443,6 +448,10 @@ mod tests {
         let mut dup = good;
         dup[67..70].copy_from_slice(&[6, 0, 22]);
         assert_eq!(Payload::decode(&dup), Err(Reject::BadPayload));
+        let mut dest_v4_tail = good;
+        dest_v4_tail[42] = 4;
+        dest_v4_tail[50] = 1;
+        assert_eq!(Payload::decode(&dest_v4_tail), Err(Reject::BadPayload));
         let mut nat_with_addr = good;
         nat_with_addr[25] = 0;
         assert_eq!(Payload::decode(&nat_with_addr), Err(Reject::BadPayload));

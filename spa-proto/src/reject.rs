@@ -159,6 +159,31 @@ mod tests {
     }
 
     #[test]
+    fn authentication_matches_the_protocol_table() {
+        // §8's table: | `code` | step | yes/no | meaning |
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let section = doc.split("## 8. Reject reasons").nth(1).unwrap();
+        let mut checked = 0;
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+            let authenticated = match cols[3] {
+                "yes" => true,
+                "no" => false,
+                other => panic!("bad column {other:?} in {line}"),
+            };
+            for code in cols[1].split('/').map(|c| c.trim().trim_matches('`')) {
+                let r = Reject::ALL
+                    .iter()
+                    .find(|r| r.code() == code)
+                    .unwrap_or_else(|| panic!("{code}"));
+                assert_eq!(r.is_authenticated(), authenticated, "{code}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, Reject::ALL.len());
+    }
+
+    #[test]
     fn protocol_doc_lists_every_code() {
         let doc = include_str!("../../docs/PROTOCOL.md");
         for r in Reject::ALL {

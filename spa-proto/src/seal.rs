@@ -45,7 +45,8 @@ pub fn seal_payload(
     payload: &Payload,
     ephemeral: &StaticSecret,
 ) -> Result<[u8; KNOCK_LEN], SealError> {
-    seal_plaintext(client, server, psk, &payload.encode(), ephemeral)
+    let plaintext = zeroize::Zeroizing::new(payload.encode());
+    seal_plaintext(client, server, psk, &plaintext, ephemeral)
 }
 
 /// Seals arbitrary plaintext bytes, valid or not: for tests that attack the verifier's
@@ -80,7 +81,7 @@ pub fn seal_plaintext(
     .map_err(|e| match e {
         NoiseError::LowOrder => SealError::LowOrderServerKey,
         // Lengths and the psk/pattern pairing are fixed above.
-        NoiseError::Decrypt | NoiseError::Length | NoiseError::Psk => {
+        NoiseError::Decrypt | NoiseError::Length | NoiseError::Psk | NoiseError::NoKey => {
             unreachable!("seal_payload sizes its buffers and pattern itself")
         }
     })?;

@@ -49,10 +49,17 @@ pub struct Policy {
     pub nat_allowed: bool,
 }
 
-/// A client public key must not be a low-order point.
+/// A client public key that cannot be provisioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("client public key {0} is a low-order point")]
-pub struct LowOrderKey(pub crate::keys::KeyId);
+pub enum InvalidClientKey {
+    /// A low-order point: every DH with it is all zero.
+    #[error("client public key {0} is a low-order point")]
+    LowOrder(crate::keys::KeyId),
+    /// Not the canonical encoding (bit 255 set, or u ≥ 2^255 − 19): it would name the
+    /// same private key as another string.
+    #[error("client public key {0} is not canonically encoded")]
+    NonCanonical(crate::keys::KeyId),
+}
 
 /// One provisioned client key, with its precomputed static-static DH.
 pub struct ClientEntry<U> {
@@ -75,9 +82,12 @@ impl<U> ClientEntry<U> {
         psk: Option<Psk>,
         policy: Arc<Policy>,
         user: U,
-    ) -> Result<Self, LowOrderKey> {
-        let ss =
-            noise::dh(server.dalek(), key.as_bytes()).map_err(|_| LowOrderKey(key.key_id()))?;
+    ) -> Result<Self, InvalidClientKey> {
+        if !key.is_canonical() {
+            return Err(InvalidClientKey::NonCanonical(key.key_id()));
+        }
+        let ss = noise::dh(server.dalek(), key.as_bytes())
+            .map_err(|_| InvalidClientKey::LowOrder(key.key_id()))?;
         Ok(Self {
             key,
             ss,
@@ -162,11 +172,13 @@ impl<S: BuildHasher> ReplayState for HashMap<ClientPublic, u64, S> {
     }
 }
 
-/// A knock that passed steps 1–3 (length, header, mac1) for this verifier's key.
+/// A knock that passed steps 1–3 (length, header, mac1) for one verifier's key.
 #[derive(Debug, Clone, Copy)]
 pub struct Checked<'p> {
     packet: &'p [u8; KNOCK_LEN],
     pattern: Pattern,
+    /// The key whose mac1 matched: `open_checked` of another verifier refuses it.
+    server: ServerPublic,
 }
 
 /// An accepted knock: what to open, for whom, for how long.
@@ -223,8 +235,16 @@ impl core::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// Longest accepted window: 30 days (a wider one could let a far-future timestamp
+    /// push a key's replay mark out of reach).
+    pub const MAX_WINDOW_MS: u64 = 30 * 86_400_000;
+
     /// Precomputes `mac1_key` and, per message type, the state after steps 2–4 of §5.
-    pub fn new(secret: ServerSecret, config: VerifierConfig) -> Self {
+    /// The window is capped at [`Self::MAX_WINDOW_MS`] and the default duration raised to
+    /// at least 1 s.
+    pub fn new(secret: ServerSecret, mut config: VerifierConfig) -> Self {
+        config.window_ms = config.window_ms.min(Self::MAX_WINDOW_MS);
+        config.default_duration_s = config.default_duration_s.max(1);
         let public = secret.public();
         let start = |p| SymmetricState::start(p, &wire::prologue(p), public.as_bytes());
         Self {
@@ -252,7 +272,11 @@ impl Verifier {
         let (packet, pattern) = wire::parse_header(packet)?;
         // Step 3: mac1, in constant time.
         self.mac1.verify(packet)?;
-        Ok(Checked { packet, pattern })
+        Ok(Checked {
+            packet,
+            pattern,
+            server: self.secret.public(),
+        })
     }
 
     /// Steps 1–16 in one call (without the server's rate limits of step 4).
@@ -277,7 +301,15 @@ impl Verifier {
         directory: &'d D,
         replay: &impl ReplayState,
     ) -> Result<Opened<'d, D::User>, Rejection<'d, D::User>> {
-        let Checked { packet, pattern } = checked;
+        let Checked {
+            packet,
+            pattern,
+            server,
+        } = checked;
+        if server != self.secret.public() {
+            // Checked by another identity's mac1: refuse before any work.
+            return Err(Reject::BadMac1.into());
+        }
         let mut state = match pattern {
             Pattern::X => self.start_x.clone(),
             Pattern::Xpsk1 => self.start_xpsk1.clone(),
@@ -308,7 +340,9 @@ impl Verifier {
         )
         .map_err(|e| match e {
             NoiseError::Decrypt => Reject::BadAuth,
-            NoiseError::LowOrder | NoiseError::Length | NoiseError::Psk => Reject::BadAuth,
+            NoiseError::LowOrder | NoiseError::Length | NoiseError::Psk | NoiseError::NoKey => {
+                Reject::BadAuth
+            }
         })?;
         debug_assert_eq!(PAYLOAD_AT + PAYLOAD_LEN + TAG_LEN, MAC1_AT);
         // Authenticated from here on: rejects name the sender.
@@ -372,7 +406,8 @@ impl Verifier {
                     0 => self.config.default_duration_s,
                     s => s,
                 };
-                asked.min(entry.policy.max_duration_s)
+                // At least one second: an open never looks like a close.
+                asked.min(entry.policy.max_duration_s).max(1)
             }
         };
         Ok(Opened {

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use rand::rngs::OsRng;
 use spa_proto::payload::PAYLOAD_LEN;
 use spa_proto::seal::{seal_payload, seal_plaintext};
+use spa_proto::verify::InvalidClientKey;
 use spa_proto::wire::{self, Mac1Key, KNOCK_LEN, MAC1_AT, PAYLOAD_AT};
 use spa_proto::*;
 use x25519_dalek::StaticSecret;
@@ -265,39 +266,294 @@ fn psk_mismatch_and_wrong_psk() {
     assert_eq!(lab.open(lab.src, NOW, &alice_psk), Err(Reject::PskMismatch));
 }
 
+/// A Noise X initiator written out by hand from the primitives, so a test can claim any
+/// static key and use any `ss`: what a forger who knows Alice's public key can do.
+fn forge(
+    server: &ServerPublic,
+    claimed: &ClientPublic,
+    ss: &[u8; 32],
+    payload: &[u8; PAYLOAD_LEN],
+) -> [u8; KNOCK_LEN] {
+    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+    use sha2::{Digest, Sha256};
+    let hash = |h: &[u8; 32], d: &[u8]| -> [u8; 32] {
+        Sha256::new()
+            .chain_update(h)
+            .chain_update(d)
+            .finalize()
+            .into()
+    };
+    let hkdf = |ck: &[u8; 32], ikm: &[u8]| -> ([u8; 32], [u8; 32]) {
+        let mut okm = [0u8; 64];
+        hkdf::Hkdf::<Sha256>::new(Some(ck), ikm)
+            .expand(&[], &mut okm)
+            .unwrap();
+        (okm[..32].try_into().unwrap(), okm[32..].try_into().unwrap())
+    };
+    let seal = |k: &[u8; 32], h: &[u8; 32], buf: &mut Vec<u8>| {
+        let c = chacha20poly1305::ChaCha20Poly1305::new(k.into());
+        c.encrypt_in_place(&[0u8; 12].into(), h, buf).unwrap();
+    };
+    let mut h = [0u8; 32];
+    h[..31].copy_from_slice(b"Noise_X_25519_ChaChaPoly_SHA256");
+    let ck = h;
+    let h = hash(
+        &hash(&h, &wire::prologue(spa_proto::noise::Pattern::X)),
+        server.as_bytes(),
+    );
+    let e = StaticSecret::random_from_rng(OsRng);
+    let e_pub = x25519_dalek::PublicKey::from(&e);
+    let h = hash(&h, e_pub.as_bytes());
+    let es = e.diffie_hellman(&x25519_dalek::PublicKey::from(*server.as_bytes()));
+    let (ck, k) = hkdf(&ck, es.as_bytes());
+    let mut c_s = claimed.as_bytes().to_vec();
+    seal(&k, &h, &mut c_s);
+    let h = hash(&h, &c_s);
+    let (_, k) = hkdf(&ck, ss);
+    let mut c_p = payload.to_vec();
+    seal(&k, &h, &mut c_p);
+    let mut knock = [0u8; KNOCK_LEN];
+    knock[..2].copy_from_slice(&wire::header(spa_proto::noise::Pattern::X));
+    knock[2..34].copy_from_slice(e_pub.as_bytes());
+    knock[34..PAYLOAD_AT].copy_from_slice(&c_s);
+    knock[PAYLOAD_AT..MAC1_AT].copy_from_slice(&c_p);
+    let mac1 = Mac1Key::new(server).compute(&knock[..MAC1_AT]);
+    knock[MAC1_AT..].copy_from_slice(&mac1);
+    knock
+}
+
 #[test]
-fn forged_payload_under_a_known_static_key() {
-    // Mallory knows Alice's *public* key and the server's card: she can make Alice's key
-    // decrypt at step 6, but not produce ss, so step 9 fails.
+fn forged_knock_claiming_a_known_key_fails_at_the_payload() {
+    // Mallory knows Alice's public key and the server's card: she can make Alice's key
+    // decrypt at step 6, but cannot compute ss, so step 9 fails, unattributed.
     let lab = Lab::new();
-    let mallory = ClientSecret::generate(&mut OsRng);
     let req = lab.request(OpenAddr::Ip(lab.src), &[lab.ssh], 0);
     let payload = Payload {
         request: req,
         timestamp_ms: NOW,
         knock_id: [0; 16],
-    };
-    let e = StaticSecret::random_from_rng(OsRng);
-    let (msg, _) = spa_proto::noise::write_message(
-        spa_proto::noise::Pattern::X,
-        &wire::prologue(spa_proto::noise::Pattern::X),
-        &mallory.to_bytes(),
-        &e.to_bytes(),
-        lab.server.as_bytes(),
-        None,
-        &payload.encode(),
+    }
+    .encode();
+    // The forger is a correct Noise implementation: with the real ss it opens.
+    let real_ss = lab.alice.to_bytes();
+    let real_ss = x25519_dalek::StaticSecret::from(*real_ss)
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*lab.server.as_bytes()));
+    let honest = forge(
+        &lab.server,
+        &lab.alice.public(),
+        real_ss.as_bytes(),
+        &payload,
+    );
+    assert_eq!(lab.open(lab.src, NOW, &honest), Ok((30, lab.src, "alice")));
+    // Without it (her own DH, or a guess), it is rejected before authentication.
+    let mallory = ClientSecret::generate(&mut OsRng);
+    let guesses = [
+        *x25519_dalek::StaticSecret::from(*mallory.to_bytes())
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*lab.server.as_bytes()))
+            .as_bytes(),
+        [0u8; 32],
+        *lab.alice.public().as_bytes(),
+    ];
+    for ss in guesses {
+        let forged = forge(&lab.server, &lab.alice.public(), &ss, &payload);
+        let r = lab
+            .verifier
+            .open(lab.src, NOW, &forged, &lab.dir, &lab.replay)
+            .unwrap_err();
+        assert_eq!(r.reason, Reject::BadAuth);
+        assert!(r.entry.is_none(), "a forgery is never attributed to alice");
+    }
+}
+
+#[test]
+fn step_precedence_follows_the_spec() {
+    let mut lab = Lab::new();
+    let ssh = [lab.ssh];
+    // 11 before 12: a malformed payload with a stale timestamp is bad_payload.
+    let req = lab.request(OpenAddr::Ip(lab.src), &ssh, 0);
+    let mut bad = Payload {
+        request: req,
+        timestamp_ms: NOW - 500_000,
+        knock_id: [0; 16],
+    }
+    .encode();
+    bad[0] = 0x02;
+    assert_eq!(
+        lab.open(lab.src, NOW, &sealed_plaintext(&lab, &bad)),
+        Err(Reject::BadPayload)
+    );
+    // 12 before 13: stale and replayed is stale.
+    lab.replay.insert(lab.alice.public(), NOW);
+    assert!(matches!(
+        lab.open(lab.src, NOW, &lab.alice_knock(NOW - 200_000)),
+        Err(Reject::Stale { .. })
+    ));
+    // 13 before 14: replayed from elsewhere is replay.
+    let elsewhere: IpAddr = "192.0.2.200".parse().unwrap();
+    assert_eq!(
+        lab.open(elsewhere, NOW, &lab.alice_knock(NOW)),
+        Err(Reject::Replay)
+    );
+    lab.replay.clear();
+    // 14 before 15 before 16.
+    let https = Access::tcp(443).unwrap();
+    let req = Request::new(
+        Action::Open,
+        OpenAddr::Ip(lab.src),
+        "203.0.113.77".parse().unwrap(),
+        &[https],
+        0,
     )
     .unwrap();
-    // Replace the encrypted static key by Alice's public key, encrypted under the same
-    // (mallory-computable) es key: rebuild with mallory's static swapped for alice's
-    // public bytes is exactly what write_message cannot do, so splice instead: take a
-    // real Alice knock's `e` and `c_s` with mallory's payload ciphertext.
-    let alice = lab.alice_knock(NOW);
-    let mut forged = [0u8; KNOCK_LEN];
-    forged[..PAYLOAD_AT].copy_from_slice(&alice[..PAYLOAD_AT]);
-    forged[PAYLOAD_AT..MAC1_AT].copy_from_slice(&msg[PAYLOAD_AT - 2..]);
-    lab.remac(&mut forged);
-    assert_eq!(lab.open(lab.src, NOW, &forged), Err(Reject::BadAuth));
+    let k = seal(&lab.alice, &lab.server, None, &req, NOW, &mut OsRng).unwrap();
+    assert_eq!(lab.open(elsewhere, NOW, &k), Err(Reject::AddressMismatch));
+    assert_eq!(lab.open(lab.src, NOW, &k), Err(Reject::WrongDestination));
+    let req = Request::new(
+        Action::Open,
+        OpenAddr::FromPacket,
+        "203.0.113.77".parse().unwrap(),
+        &[https],
+        0,
+    )
+    .unwrap();
+    let k = seal(&lab.alice, &lab.server, None, &req, NOW, &mut OsRng).unwrap();
+    assert_eq!(lab.open(lab.src, NOW, &k), Err(Reject::NatNotAllowed));
+    // 10 before 11: revoked wins over a malformed payload.
+    lab.dir.get_mut(&lab.alice.public()).unwrap().revoked = true;
+    assert_eq!(
+        lab.open(lab.src, NOW, &sealed_plaintext(&lab, &bad)),
+        Err(Reject::Revoked)
+    );
+}
+
+#[test]
+fn psk_knock_flips_and_relabel() {
+    let lab = Lab::new();
+    let req = lab.request(OpenAddr::FromPacket, &[lab.ssh], 0);
+    let knock = seal(
+        &lab.bob,
+        &lab.server,
+        Some(&lab.bob_psk),
+        &req,
+        NOW,
+        &mut OsRng,
+    )
+    .unwrap();
+    assert!(lab.open(lab.src, NOW, &knock).is_ok());
+    for bit in 16..MAC1_AT * 8 {
+        let mut k = knock;
+        k[bit / 8] ^= 1 << (bit % 8);
+        lab.remac(&mut k);
+        let want = if bit / 8 < PAYLOAD_AT {
+            Reject::BadStatic
+        } else {
+            Reject::BadAuth
+        };
+        assert_eq!(lab.open(lab.src, NOW, &k), Err(want), "bit {bit}");
+    }
+    let mut k = knock;
+    k[1] = 1;
+    lab.remac(&mut k);
+    assert_eq!(lab.open(lab.src, NOW, &k), Err(Reject::BadStatic));
+}
+
+#[test]
+fn checked_by_one_identity_is_refused_by_another() {
+    let lab = Lab::new();
+    let other = Verifier::new(
+        ServerSecret::generate(&mut OsRng),
+        VerifierConfig::default(),
+    );
+    let knock = lab.alice_knock(NOW);
+    let checked = lab.verifier.check(&knock).unwrap();
+    let r = other
+        .open_checked(checked, lab.src, NOW, &lab.dir, &lab.replay)
+        .unwrap_err();
+    assert_eq!(r.reason, Reject::BadMac1);
+}
+
+#[test]
+fn window_extremes_saturate() {
+    let lab = Lab::new();
+    assert_eq!(
+        lab.open(lab.src, u64::MAX, &lab.alice_knock(0)),
+        Err(Reject::Stale { skew_ms: i64::MIN })
+    );
+    // A configured window beyond 30 days is capped, so u64::MAX can never be accepted.
+    let server = ServerSecret::generate(&mut OsRng);
+    let v = Verifier::new(
+        server.clone(),
+        VerifierConfig {
+            window_ms: u64::MAX,
+            ..Default::default()
+        },
+    );
+    assert_eq!(v.config().window_ms, Verifier::MAX_WINDOW_MS);
+    let policy = Arc::new(Policy {
+        allowed: vec![lab.ssh],
+        max_duration_s: 0,
+        nat_allowed: false,
+    });
+    let dir = HashMap::from([(
+        lab.alice.public(),
+        ClientEntry::new(&server, lab.alice.public(), None, policy, "a").unwrap(),
+    )]);
+    let req = lab.request(OpenAddr::Ip(lab.src), &[lab.ssh], 0);
+    let k = seal(
+        &lab.alice,
+        &server.public(),
+        None,
+        &req,
+        u64::MAX,
+        &mut OsRng,
+    )
+    .unwrap();
+    let r = v.open(lab.src, 0, &k, &dir, &HashMap::new()).unwrap_err();
+    assert!(matches!(r.reason, Reject::Future { .. }));
+    // A zero maximum still opens for a second, never "0 = close".
+    let k = seal(&lab.alice, &server.public(), None, &req, NOW, &mut OsRng).unwrap();
+    assert_eq!(
+        v.open(lab.src, NOW, &k, &dir, &HashMap::new())
+            .unwrap()
+            .duration_s,
+        1
+    );
+}
+
+#[test]
+fn non_canonical_and_debug() {
+    let server = ServerSecret::generate(&mut OsRng);
+    let client = ClientSecret::generate(&mut OsRng);
+    let mut alias = *client.public().as_bytes();
+    alias[31] |= 0x80;
+    let policy = Arc::new(Policy {
+        allowed: vec![],
+        max_duration_s: 1,
+        nat_allowed: false,
+    });
+    let r = ClientEntry::new(
+        &server,
+        ClientPublic::from_bytes(alias),
+        None,
+        policy.clone(),
+        (),
+    );
+    assert!(matches!(r, Err(InvalidClientKey::NonCanonical(_))));
+    let psk = Psk::generate(&mut OsRng);
+    let entry = ClientEntry::new(&server, client.public(), Some(psk.clone()), policy, ()).unwrap();
+    let debug = format!("{entry:?}");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let ss = x25519_dalek::StaticSecret::from(*server.to_bytes())
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*client.public().as_bytes()));
+    for secret in [
+        hex(psk.as_bytes()),
+        hex(ss.as_bytes()),
+        format!("{:?}", ss.as_bytes()),
+        format!("{:?}", psk.as_bytes()),
+    ] {
+        assert!(!debug.contains(&secret), "{debug}");
+    }
+    assert!(debug.contains("<redacted>"));
 }
 
 #[test]
@@ -651,6 +907,19 @@ proptest! {
         prop_assert_eq!(opened.payload.timestamp_ms, ts);
         let want = match (close, duration) { (true, _) => 0, (false, 0) => 30, (false, d) => d };
         prop_assert_eq!(opened.duration_s, want);
+    }
+
+    #[test]
+    fn random_authenticated_plaintext_never_panics(plain in proptest::collection::vec(any::<u8>(), PAYLOAD_LEN)) {
+        // Reaches the payload parser behind a valid AEAD.
+        let lab = Lab::new();
+        let plain: [u8; PAYLOAD_LEN] = plain.try_into().unwrap();
+        let r = lab.open(lab.src, NOW, &sealed_plaintext(&lab, &plain));
+        if let Ok(p) = Payload::decode(&plain) {
+            prop_assert_eq!(p.encode(), plain, "decode/encode round trip");
+        } else {
+            prop_assert!(matches!(r, Err(Reject::BadPayload) | Err(Reject::NonzeroPadding)), "{:?}", r);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use spa_keys::card::{split_endpoint, Card};
 use spa_keys::profile::{Profile, ServerEntry};
 use spa_keys::server::{self, ServerConfig};
 use spa_keys::services::{format_duration, name_of, parse_access_list, parse_duration};
-use spa_keys::text::{public_text, KeyText};
+use spa_keys::text::public_text;
 use spa_keys::users::{User, UserKey, Users};
 use spa_keys::{Error, Result};
 use spa_proto::{Access, ClientPublic, Psk};
@@ -127,7 +127,7 @@ fn user(cli: &Cli, cmd: &UserCommand, out: &mut impl Write) -> Result<()> {
             pubkey,
             policy,
         } => {
-            let key = ClientPublic::from_text(pubkey)?;
+            let key = spa_keys::text::parse_public::<ClientPublic>(pubkey)?;
             users.add(new_user(name, policy, key, None)?)?;
             users.save(path)?;
             writeln!(out, "added user {name} with key {}", key.key_id()).map_err(io)
@@ -248,7 +248,10 @@ fn user(cli: &Cli, cmd: &UserCommand, out: &mut impl Write) -> Result<()> {
         }
         UserCommand::Revoke { name, key } | UserCommand::Unrevoke { name, key } => {
             let revoke = matches!(cmd, UserCommand::Revoke { .. });
-            let only = key.as_deref().map(ClientPublic::from_text).transpose()?;
+            let only = key
+                .as_deref()
+                .map(spa_keys::text::parse_public::<ClientPublic>)
+                .transpose()?;
             let n = users.update(name, |u| {
                 let mut n = 0;
                 for k in u
@@ -274,7 +277,7 @@ fn user(cli: &Cli, cmd: &UserCommand, out: &mut impl Write) -> Result<()> {
             writeln!(out, "removed user {name} and {} key(s)", u.keys.len()).map_err(io)
         }
         UserCommand::AddKey { name, pubkey } => {
-            let key = ClientPublic::from_text(pubkey)?;
+            let key = spa_keys::text::parse_public::<ClientPublic>(pubkey)?;
             users.update(name, |u| {
                 u.keys.push(UserKey {
                     key,

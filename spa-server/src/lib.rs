@@ -1,7 +1,9 @@
 //! spa-server as a library, so tests drive it in-process; `main.rs` only calls [`cli`].
 
 pub mod admin;
+pub mod capture;
 pub mod cli;
+pub mod daemon;
 pub mod directory;
 pub mod firewall;
 pub mod limits;

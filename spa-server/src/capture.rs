@@ -1,0 +1,175 @@
+//! The capture socket: AF_PACKET, SOCK_DGRAM (frames start at the network header), with
+//! the classic BPF filter of [`crate::packet::bpf_filter`] attached *before* the socket is
+//! bound to a protocol, so it never queues a frame the filter would refuse. Nothing ever
+//! listens on the SPA port: the kernel hands us copies of frames our ruleset then drops.
+//! (An AF_INET raw socket would not see packets the firewall drops on input.)
+//!
+//! This is the only module with `unsafe`: the socket system calls, each commented.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::packet::SockFilter;
+
+/// `sll_pkttype` of frames this host sends; never knocks.
+const PACKET_OUTGOING: u8 = 4;
+
+/// One received frame's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// Link-layer protocol (0x0800, 0x86dd).
+    pub ethertype: u16,
+    /// Receiving interface.
+    pub ifindex: i32,
+}
+
+/// A packet socket with our filter.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the size we pass; the kernel copies it.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+impl PacketSocket {
+    /// Opens the socket: filter first, then bind to all protocols on all interfaces
+    /// (frames from interfaces not configured are dropped by the caller by ifindex).
+    /// `fanout` joins a PACKET_FANOUT group so several sockets share the load.
+    pub fn open(
+        filter: &[SockFilter],
+        fanout: Option<u16>,
+        read_timeout: Duration,
+    ) -> io::Result<Self> {
+        // SAFETY: plain socket(2); protocol 0 means no frame is queued before bind.
+        let raw = check(unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+        })?;
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        let mut prog: Vec<libc::sock_filter> = filter
+            .iter()
+            .map(|f| libc::sock_filter {
+                code: f.code,
+                jt: f.jt,
+                jf: f.jf,
+                k: f.k,
+            })
+            .collect();
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_mut_ptr(),
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)?;
+        // Best effort (Linux 4.20+): do not even copy our own outgoing frames to us.
+        let _ = setsockopt(
+            &fd,
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            &1 as &libc::c_int,
+        );
+        let rcvbuf: libc::c_int = 4 << 20;
+        if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf).is_err() {
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)?;
+        }
+        let tv = libc::timeval {
+            tv_sec: read_timeout.as_secs() as libc::time_t,
+            tv_usec: read_timeout.subsec_micros() as libc::suseconds_t,
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+
+        // SAFETY: an all-zero sockaddr_ll is valid; we fill the fields bind needs.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = 0;
+        // SAFETY: `sll` is a valid sockaddr_ll and we pass its exact size.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        if let Some(group) = fanout {
+            let arg: libc::c_int = i32::from(group) | ((libc::PACKET_FANOUT_LB as i32) << 16);
+            setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)?;
+        }
+        Ok(Self { fd })
+    }
+
+    /// Receives one frame into `buf`. `Ok(None)` on timeout, or for a frame this host
+    /// sent. A frame longer than `buf` is reported with `len` = its real length (the
+    /// parser then drops it as truncated or jumbo).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<FrameInfo>> {
+        // SAFETY: zeroed sockaddr_ll is valid; recvfrom writes at most `len` bytes of it.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` is valid for `buf.len()` bytes; `sll`/`len` as above. MSG_TRUNC
+        // makes the return value the frame's real length.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&mut sll as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        if sll.sll_pkttype == PACKET_OUTGOING {
+            return Ok(None);
+        }
+        Ok(Some(FrameInfo {
+            len: n as usize,
+            ethertype: u16::from_be(sll.sll_protocol),
+            ifindex: sll.sll_ifindex,
+        }))
+    }
+}
+
+/// The index of interface `name`, from sysfs (no system call needed).
+pub fn ifindex(name: &str) -> io::Result<i32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .map_err(|e| io::Error::new(e.kind(), format!("interface {name:?}: {e}")))?;
+    text.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("interface {name:?}: bad ifindex"),
+        )
+    })
+}

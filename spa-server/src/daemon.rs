@@ -1,0 +1,243 @@
+//! `spa-server run`: capture workers feed the pipeline; accepted knocks go to one gate
+//! worker that batches firewall changes and keeps its own timer per grant (for expiry
+//! records; the kernel's set timeout is the authority and closes the port even if the
+//! daemon dies).
+//!
+//! The firewall sits behind [`Gate`], one narrow interface, so a separate privileged
+//! helper process can own it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use spa_proto::{Access, Action};
+
+use crate::pipeline::{Grant, Outcome, Pipeline};
+
+/// One change to the grant sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateChange {
+    /// Add (or refresh) `addr` · `access` for `timeout`.
+    Open {
+        /// Address.
+        addr: IpAddr,
+        /// Protocol and port.
+        access: Access,
+        /// How long the kernel keeps it.
+        timeout: Duration,
+    },
+    /// Remove it now.
+    Close {
+        /// Address.
+        addr: IpAddr,
+        /// Protocol and port.
+        access: Access,
+    },
+}
+
+/// The firewall, seen from the daemon.
+pub trait Gate: Send {
+    /// Applies all changes as one atomic batch.
+    fn apply(&mut self, changes: &[GateChange]) -> std::io::Result<()>;
+}
+
+/// The gate worker's state: grants it opened and when it expects the kernel to close them.
+#[derive(Default)]
+pub struct GrantTimers {
+    due: BTreeMap<(Instant, u64), (Arc<str>, IpAddr, Access)>,
+    by_grant: std::collections::HashMap<(IpAddr, Access), (Instant, u64)>,
+    seq: u64,
+}
+
+impl GrantTimers {
+    /// The changes for a batch of accepted knocks, updating the timers: a repeated
+    /// knock refreshes (one element, new timeout), a close removes at once.
+    pub fn changes(&mut self, grants: &[Grant], now: Instant) -> Vec<GateChange> {
+        let mut out = Vec::new();
+        for g in grants {
+            for &access in &g.access {
+                let key = (g.addr, access);
+                if let Some(old) = self.by_grant.remove(&key) {
+                    self.due.remove(&old);
+                }
+                match g.action {
+                    Action::Open => {
+                        let timeout = Duration::from_secs(u64::from(g.duration_s.max(1)));
+                        self.seq += 1;
+                        let at = (now + timeout, self.seq);
+                        self.due.insert(at, (g.user.clone(), g.addr, access));
+                        self.by_grant.insert(key, at);
+                        out.push(GateChange::Open {
+                            addr: g.addr,
+                            access,
+                            timeout,
+                        });
+                    }
+                    Action::Close => out.push(GateChange::Close {
+                        addr: g.addr,
+                        access,
+                    }),
+                }
+            }
+        }
+        out
+    }
+
+    /// Grants whose time is up (the kernel has removed them): for expiry records.
+    pub fn expired(&mut self, now: Instant) -> Vec<(Arc<str>, IpAddr, Access)> {
+        let later = self.due.split_off(&(now, u64::MAX));
+        let done = std::mem::replace(&mut self.due, later);
+        done.into_values()
+            .inspect(|v| {
+                self.by_grant.remove(&(v.1, v.2));
+            })
+            .collect()
+    }
+
+    /// Grants open now: (user, address, access, time left).
+    pub fn open(&self, now: Instant) -> Vec<(Arc<str>, IpAddr, Access, Duration)> {
+        self.due
+            .iter()
+            .map(|((at, _), (u, a, x))| (u.clone(), *a, *x, at.saturating_duration_since(now)))
+            .collect()
+    }
+}
+
+/// Runs the gate worker until the channel closes: batches every grant waiting, applies
+/// them in one call, logs expiries.
+pub fn gate_worker(rx: Receiver<Grant>, mut gate: Box<dyn Gate>) {
+    let mut timers = GrantTimers::default();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(g) => Some(g),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(4096));
+            let changes = timers.changes(&batch, Instant::now());
+            match gate.apply(&changes) {
+                Ok(()) => {
+                    for g in &batch {
+                        let access: Vec<String> = g.access.iter().map(Access::to_string).collect();
+                        match g.action {
+                            Action::Open => tracing::info!(
+                                decision = "granted", user = %g.user, key = %g.key, addr = %g.addr,
+                                access = %access.join(","), duration_s = g.duration_s, "grant open"
+                            ),
+                            Action::Close => tracing::info!(
+                                decision = "closed", user = %g.user, key = %g.key, addr = %g.addr,
+                                access = %access.join(","), "grant closed on request"
+                            ),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened")
+                }
+            }
+        }
+        for (user, addr, access) in timers.expired(Instant::now()) {
+            tracing::info!(decision = "expired", user = %user, addr = %addr, access = %access, "grant expired");
+        }
+    }
+}
+
+/// Runs one capture worker until `stop` is set.
+pub fn capture_worker(
+    socket: crate::capture::PacketSocket,
+    interfaces: Arc<Vec<i32>>,
+    pipeline: Arc<Pipeline>,
+    grants: Sender<Grant>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        let info = match socket.recv(&mut buf) {
+            Ok(Some(info)) => info,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "capture failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if !interfaces.is_empty() && !interfaces.contains(&info.ifindex) {
+            continue;
+        }
+        let frame = &buf[..info.len.min(buf.len())];
+        match pipeline.handle_frame(info.ethertype, frame, SystemTime::now()) {
+            Outcome::Granted(g) => {
+                if grants.send(g).is_err() {
+                    return;
+                }
+            }
+            Outcome::Rejected {
+                reason,
+                user,
+                key,
+                src,
+            } => {
+                let skew = match reason {
+                    spa_proto::Reject::Stale { skew_ms }
+                    | spa_proto::Reject::Future { skew_ms } => Some(skew_ms),
+                    _ => None,
+                };
+                tracing::warn!(decision = "rejected", reason = reason.code(), user = %user, key = %key, src = %src, skew_ms = ?skew, "knock refused");
+            }
+            Outcome::Failed(e) => {
+                tracing::error!(error = %e, "replay state not written; knock refused (fail closed)")
+            }
+            Outcome::Dropped(_) | Outcome::PreAuth(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(action: Action, port: u16, secs: u32) -> Grant {
+        Grant {
+            action,
+            user: Arc::from("alice"),
+            key: spa_proto::ClientPublic::from_bytes([1; 32]).key_id(),
+            src: "192.0.2.1".parse().unwrap(),
+            addr: "192.0.2.1".parse().unwrap(),
+            access: vec![Access::tcp(port).unwrap()],
+            duration_s: secs,
+            knock_id: [0; 16],
+        }
+    }
+
+    #[test]
+    fn refresh_keeps_one_timer_and_close_removes_it() {
+        let mut t = GrantTimers::default();
+        let t0 = Instant::now();
+        let c = t.changes(&[grant(Action::Open, 22, 30)], t0);
+        assert_eq!(c.len(), 1);
+        let c = t.changes(&[grant(Action::Open, 22, 60)], t0 + Duration::from_secs(10));
+        assert_eq!(
+            c,
+            vec![GateChange::Open {
+                addr: "192.0.2.1".parse().unwrap(),
+                access: Access::tcp(22).unwrap(),
+                timeout: Duration::from_secs(60)
+            }]
+        );
+        assert_eq!(t.open(t0).len(), 1, "a refresh never duplicates");
+        assert!(
+            t.expired(t0 + Duration::from_secs(40)).is_empty(),
+            "refreshed to 70 s"
+        );
+        assert_eq!(t.expired(t0 + Duration::from_secs(71)).len(), 1);
+        t.changes(&[grant(Action::Open, 22, 30)], t0);
+        let c = t.changes(&[grant(Action::Close, 22, 0)], t0);
+        assert!(matches!(c[0], GateChange::Close { .. }));
+        assert!(t.open(t0).is_empty());
+    }
+}
