@@ -23,6 +23,30 @@ pub struct Cli {
     pub host: Option<String>,
     /// Services to open: names from the profile, well-known names (ssh, https...), tcp/PORT, udp/PORT.
     pub services: Vec<String>,
+    /// How long to open for (30s, 10m, 1h); the server clamps it. Default: the server's.
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Ask the server to close the grant now.
+    #[arg(long)]
+    pub close: bool,
+    /// Open the address the knock arrives from (for clients behind NAT; the user must be allowed it).
+    #[arg(long, conflicts_with = "source_ip")]
+    pub nat: bool,
+    /// Knock from, and ask to open, this local address.
+    #[arg(long, value_name = "ADDR")]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Print what would be sent (never the key) and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Profile management.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -71,10 +95,7 @@ pub fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let result = match &cli.command {
         Some(cmd) => profile_cmds::run(&cli, cmd, &mut out),
-        None => Err(spa_keys::Error::Usage(match cli.host {
-            None => "give HOST and SERVICE (e.g. `spa-client myserver ssh`), or a subcommand; see --help".into(),
-            Some(_) => "knocking is not implemented yet in this build (see the client issue); the profile commands work".into(),
-        })),
+        None => crate::knock::run(&cli, &mut out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

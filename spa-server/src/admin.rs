@@ -15,7 +15,7 @@ use spa_keys::users::{User, UserKey, Users};
 use spa_keys::{Error, Result};
 use spa_proto::{Access, ClientPublic, Psk};
 
-use crate::cli::{Cli, Command, PolicyArgs, UserCommand};
+use crate::cli::{Cli, Command, FirewallCommand, PolicyArgs, UserCommand};
 
 fn io(e: std::io::Error) -> Error {
     Error::io(std::path::Path::new("<stdout>"), e)
@@ -87,6 +87,12 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             .map_err(io)
         }
         Command::User(cmd) => user(cli, cmd, out),
+        Command::Run => Err(Error::Usage("run is handled by the command line".into())),
+        Command::Firewall(FirewallCommand::Remove) => {
+            let config = ServerConfig::load(&cli.config)?;
+            crate::nft::remove(&config.table).map_err(|e| Error::Usage(e.to_string()))?;
+            writeln!(out, "removed table inet {}", config.table).map_err(io)
+        }
     }
 }
 

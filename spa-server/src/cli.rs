@@ -56,6 +56,18 @@ pub enum Command {
     /// Manage users and their keys.
     #[command(subcommand)]
     User(UserCommand),
+    /// Run the daemon in the foreground (logs to stderr).
+    Run,
+    /// Manage our nftables table.
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+}
+
+/// `spa-server firewall ...`
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Delete our table (the daemon leaves it in place so services stay closed).
+    Remove,
 }
 
 /// Access and duration options shared by `user add` and `user provision`.
@@ -166,6 +178,25 @@ pub enum UserCommand {
 /// Runs the command line; errors go to stderr with a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .init();
+        let result = spa_keys::server::ServerConfig::load(&cli.config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| crate::daemon::run(&c));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spa-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut out = std::io::stdout().lock();
     match admin::run(&cli, &mut out) {
         Ok(()) => ExitCode::SUCCESS,

@@ -241,3 +241,121 @@ mod tests {
         assert!(t.open(t0).is_empty());
     }
 }
+
+/// `spa-server run`: everything until SIGTERM/SIGINT. The firewall table stays in place
+/// afterwards, so protected services stay closed while the daemon is down.
+pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
+    use crate::capture::{self, PacketSocket};
+    use crate::limits::{LimitConfig, Limiter};
+    use crate::live::Live;
+    use crate::nft::{self, NftGate, TableConfig};
+    use crate::replay::ReplayStore;
+
+    let mut destinations =
+        capture::host_addresses().map_err(|e| format!("listing host addresses: {e}"))?;
+    destinations.extend(config.destinations.iter().copied());
+    let vc = spa_proto::VerifierConfig {
+        window_ms: config.window_ms,
+        default_duration_s: config.default_duration_s,
+        destinations,
+    };
+    let live = Arc::new(Live::load(config, &vc, SystemTime::now()).map_err(|e| e.to_string())?);
+    let replay = Arc::new(
+        ReplayStore::open(&config.state_dir)
+            .map_err(|e| format!("replay state {}: {e}", config.state_dir.display()))?,
+    );
+    let table = TableConfig {
+        table: config.table.clone(),
+        spa_port: config.port,
+        protect: config.protect.clone(),
+        forward: config.forward,
+    };
+    nft::install(&table).map_err(|e| format!("installing table inet {}: {e}", config.table))?;
+    let interfaces: Vec<i32> = config
+        .interfaces
+        .iter()
+        .map(|i| capture::ifindex(i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let pipeline = Arc::new(Pipeline {
+        live: live.clone(),
+        replay: replay.clone(),
+        limiter: Limiter::new(LimitConfig::default()),
+        counters: Default::default(),
+        port: config.port,
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let filter = crate::packet::bpf_filter(config.port);
+    let group = (std::process::id() & 0xffff) as u16;
+    let sockets = (0..workers)
+        .map(|_| PacketSocket::open(&filter, Some(group), Duration::from_millis(200)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("opening the capture socket: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gate = std::thread::Builder::new()
+        .name("gate".into())
+        .spawn(move || gate_worker(rx, Box::new(NftGate { table: table.table })))
+        .map_err(|e| e.to_string())?;
+    let watcher = {
+        let (live, stop) = (live.clone(), stop.clone());
+        std::thread::spawn(move || {
+            live.watch(Duration::from_millis(200), || stop.load(Ordering::Relaxed), |r| match r {
+                Ok(r) => tracing::info!(result = ?r, "users store reloaded"),
+                Err(e) => tracing::error!(error = %e, "users store not reloaded; the previous one stays in force"),
+            })
+        })
+    };
+    let flusher = {
+        let (replay, stop) = (replay.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Err(e) = replay.flush() {
+                    tracing::error!(error = %e, "replay log fdatasync failed");
+                }
+            }
+        })
+    };
+    let interfaces = Arc::new(interfaces);
+    let capture: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let (interfaces, pipeline, tx, stop) = (
+                interfaces.clone(),
+                pipeline.clone(),
+                tx.clone(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("capture-{i}"))
+                .spawn(move || capture_worker(socket, interfaces, pipeline, tx, stop))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    drop(tx);
+    tracing::info!(
+        port = config.port,
+        workers,
+        keys = live.snapshot().identities[0].directory.len(),
+        table = %config.table,
+        "spa-server running"
+    );
+    for t in capture {
+        let _ = t.join();
+    }
+    let _ = gate.join();
+    let _ = watcher.join();
+    let _ = flusher.join();
+    replay
+        .flush()
+        .map_err(|e| format!("final replay flush: {e}"))?;
+    tracing::info!(counters = ?pipeline.counters.snapshot(), "spa-server stopped; table inet {} left in place", config.table);
+    Ok(())
+}

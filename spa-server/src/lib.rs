@@ -8,6 +8,7 @@ pub mod directory;
 pub mod firewall;
 pub mod limits;
 pub mod live;
+pub mod nft;
 pub mod packet;
 pub mod pipeline;
 pub mod replay;

@@ -1,0 +1,338 @@
+//! spa-server for real: AF_PACKET capture and nftables in network namespaces this test
+//! makes (and always deletes).
+//!
+//! ```text
+//!   [cli] c-s 10.77.1.2 fd77:1::2 ──── s-c 10.77.1.1 fd77:1::1 [srv] spa-server, tcp/2222 listener
+//!   [atk] a-s 10.77.2.2           ──── s-a 10.77.2.1           [srv]
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::rngs::OsRng;
+use spa_e2e::netns::{link, privileged, send_udp, tcp_connects, tcp_listener, Netns};
+use spa_e2e::{bin, run};
+use spa_keys::profile::Profile;
+use spa_proto::{seal, Access, Action, OpenAddr, Request};
+
+const PORT: u16 = 23456;
+const SERVICE: u16 = 2222;
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(ns: &Netns, config: &str) -> Self {
+        let mut child = ns.spawn(&[
+            bin("spa-server").to_str().unwrap(),
+            "--config",
+            config,
+            "run",
+        ]);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let d = Self { child, log };
+        d.wait_log("spa-server running", Duration::from_secs(30));
+        d
+    }
+
+    fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "daemon never logged {needle:?}: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn in_set(ns: &Netns, addr: &str) -> bool {
+    let set = if addr.contains(':') {
+        "grants6"
+    } else {
+        "grants4"
+    };
+    let out = ns.run(&["nft", "-j", "list", "set", "inet", "spa", set]);
+    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{addr}\""))
+}
+
+fn sealed(bundle: &str, src: &str, dest: &str, secs: u32) -> Vec<u8> {
+    let profile = Profile::load(std::path::Path::new(bundle)).unwrap();
+    let (_, server) = profile.servers.iter().next().unwrap();
+    let src: IpAddr = src.parse().unwrap();
+    let req = Request::new(
+        Action::Open,
+        OpenAddr::Ip(src),
+        dest.parse().unwrap(),
+        &[Access::tcp(SERVICE).unwrap()],
+        secs,
+    )
+    .unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    seal(
+        server.secret(&profile),
+        &server.card.key,
+        server.psk.as_ref(),
+        &req,
+        now,
+        &mut OsRng,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+fn host_ruleset() -> String {
+    let out = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
+    if !privileged("knock_opens_for_the_knocker_only_expires_and_survives_kill_9") {
+        return;
+    }
+    let host_before = host_ruleset();
+    let (s, c, a) = (Netns::new("srv"), Netns::new("cli"), Netns::new("atk"));
+    link(
+        &s,
+        "s-c",
+        &["10.77.1.1/24", "fd77:1::1/64"],
+        &c,
+        "c-s",
+        &["10.77.1.2/24", "fd77:1::2/64"],
+    );
+    link(&s, "s-a", &["10.77.2.1/24"], &a, "a-s", &["10.77.2.2/24"]);
+    // A foreign table that must stay byte-identical.
+    s.run(&["nft", "add", "table", "inet", "other"]);
+    s.run(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "other",
+        "c",
+        "{ type filter hook input priority 10; policy accept; }",
+    ]);
+    s.run(&[
+        "nft", "add", "rule", "inet", "other", "c", "tcp", "dport", "9999", "counter", "accept",
+    ]);
+    let other_before =
+        String::from_utf8_lossy(&s.run(&["nft", "list", "table", "inet", "other"]).stdout)
+            .into_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let config = etc.join("server.toml").display().to_string();
+    let home = dir.path();
+    assert!(
+        run(
+            "spa-server",
+            &[
+                "init",
+                "--dir",
+                etc.to_str().unwrap(),
+                "--port",
+                &PORT.to_string()
+            ],
+            home
+        )
+        .ok
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "protect = [\"ssh\"]",
+            &format!("protect = [\"tcp/{SERVICE}\"]"),
+        ),
+    )
+    .unwrap();
+    let bundle = dir.path().join("alice.bundle").display().to_string();
+    let r = run(
+        "spa-server",
+        &[
+            "--config",
+            &config,
+            "user",
+            "provision",
+            "alice",
+            "--allow",
+            &format!("tcp/{SERVICE}"),
+            "--endpoint",
+            "10.77.1.1",
+            "--out",
+            &bundle,
+        ],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+
+    let mut listener = tcp_listener(&s, SERVICE);
+    until("listener", Duration::from_secs(5), || {
+        s.try_run(&[
+            "python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('127.0.0.1',{SERVICE}),timeout=1)"),
+        ])
+    });
+    let daemon = Daemon::start(&s, &config);
+
+    // Closed to everyone before a knock.
+    assert!(
+        !tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
+        "open before any knock"
+    );
+    assert!(!tcp_connects(&a, "10.77.2.1", SERVICE, 1.0));
+
+    // The real client, one datagram: open for 4 s, for the client's address only.
+    let knocked_at = Instant::now();
+    let out = c.run(&[
+        bin("spa-client").to_str().unwrap(),
+        "--key",
+        &bundle,
+        "10.77.1.1",
+        &format!("tcp/{SERVICE}"),
+        "--for",
+        "4s",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("knocked"),
+        "{out:?}"
+    );
+    until(
+        "knock never opened the port",
+        Duration::from_secs(3),
+        || tcp_connects(&c, "10.77.1.1", SERVICE, 0.5),
+    );
+    assert!(in_set(&s, "10.77.1.2"));
+    assert!(
+        !tcp_connects(&a, "10.77.2.1", SERVICE, 1.0),
+        "the attacker must stay closed out"
+    );
+    // It expires on time (the kernel's set timeout).
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(knocked_at.elapsed()) + Duration::from_millis(700),
+    );
+    assert!(!in_set(&s, "10.77.1.2"), "grant outlived its 4 s");
+    assert!(!tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
+
+    // IPv6.
+    send_udp(
+        &c,
+        "fd77:1::1",
+        PORT,
+        &sealed(&bundle, "fd77:1::2", "fd77:1::1", 3),
+    );
+    until("IPv6 knock never opened", Duration::from_secs(3), || {
+        tcp_connects(&c, "fd77:1::1", SERVICE, 0.5)
+    });
+    assert!(in_set(&s, "fd77:1::2"));
+
+    // A captured knock, replayed: from the attacker now, and after kill -9 and a restart.
+    let captured = sealed(&bundle, "10.77.1.2", "10.77.1.1", 2);
+    send_udp(&c, "10.77.1.1", PORT, &captured);
+    until("knock never opened", Duration::from_secs(3), || {
+        in_set(&s, "10.77.1.2")
+    });
+    send_udp(&a, "10.77.2.1", PORT, &captured);
+    daemon.wait_log("replay", Duration::from_secs(3));
+    assert!(!in_set(&s, "10.77.2.2"));
+    until("2 s grant never expired", Duration::from_secs(5), || {
+        !in_set(&s, "10.77.1.2")
+    });
+    daemon.kill9();
+    assert!(
+        s.try_run(&["nft", "list", "table", "inet", "spa"]),
+        "the table stays after the daemon dies"
+    );
+    assert!(
+        !tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
+        "closed while the daemon is down"
+    );
+    let daemon = Daemon::start(&s, &config);
+    send_udp(&c, "10.77.1.1", PORT, &captured);
+    daemon.wait_log("replay", Duration::from_secs(3));
+    assert!(
+        !in_set(&s, "10.77.1.2"),
+        "a replay after restart opened the port"
+    );
+    assert!(!tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
+
+    // kill -9 while a grant is open: the kernel still closes it on time.
+    send_udp(
+        &c,
+        "10.77.1.1",
+        PORT,
+        &sealed(&bundle, "10.77.1.2", "10.77.1.1", 3),
+    );
+    until("knock never opened", Duration::from_secs(3), || {
+        tcp_connects(&c, "10.77.1.1", SERVICE, 0.5)
+    });
+    let opened = Instant::now();
+    daemon.kill9();
+    assert!(
+        tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
+        "grant survives the daemon"
+    );
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_millis(800),
+    );
+    assert!(!in_set(&s, "10.77.1.2"));
+    assert!(
+        !tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
+        "grant outlived the dead daemon"
+    );
+
+    // Nothing outside our table changed, here or on the host.
+    let other_after =
+        String::from_utf8_lossy(&s.run(&["nft", "list", "table", "inet", "other"]).stdout)
+            .into_owned();
+    assert_eq!(other_before, other_after);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert_eq!(
+        host_before,
+        host_ruleset(),
+        "the host's own ruleset changed"
+    );
+}
