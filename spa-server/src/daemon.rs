@@ -197,51 +197,6 @@ pub fn capture_worker(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grant(action: Action, port: u16, secs: u32) -> Grant {
-        Grant {
-            action,
-            user: Arc::from("alice"),
-            key: spa_proto::ClientPublic::from_bytes([1; 32]).key_id(),
-            src: "192.0.2.1".parse().unwrap(),
-            addr: "192.0.2.1".parse().unwrap(),
-            access: vec![Access::tcp(port).unwrap()],
-            duration_s: secs,
-            knock_id: [0; 16],
-        }
-    }
-
-    #[test]
-    fn refresh_keeps_one_timer_and_close_removes_it() {
-        let mut t = GrantTimers::default();
-        let t0 = Instant::now();
-        let c = t.changes(&[grant(Action::Open, 22, 30)], t0);
-        assert_eq!(c.len(), 1);
-        let c = t.changes(&[grant(Action::Open, 22, 60)], t0 + Duration::from_secs(10));
-        assert_eq!(
-            c,
-            vec![GateChange::Open {
-                addr: "192.0.2.1".parse().unwrap(),
-                access: Access::tcp(22).unwrap(),
-                timeout: Duration::from_secs(60)
-            }]
-        );
-        assert_eq!(t.open(t0).len(), 1, "a refresh never duplicates");
-        assert!(
-            t.expired(t0 + Duration::from_secs(40)).is_empty(),
-            "refreshed to 70 s"
-        );
-        assert_eq!(t.expired(t0 + Duration::from_secs(71)).len(), 1);
-        t.changes(&[grant(Action::Open, 22, 30)], t0);
-        let c = t.changes(&[grant(Action::Close, 22, 0)], t0);
-        assert!(matches!(c[0], GateChange::Close { .. }));
-        assert!(t.open(t0).is_empty());
-    }
-}
-
 /// `spa-server run`: everything until SIGTERM/SIGINT. The firewall table stays in place
 /// afterwards, so protected services stay closed while the daemon is down.
 pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
@@ -358,4 +313,49 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .map_err(|e| format!("final replay flush: {e}"))?;
     tracing::info!(counters = ?pipeline.counters.snapshot(), "spa-server stopped; table inet {} left in place", config.table);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(action: Action, port: u16, secs: u32) -> Grant {
+        Grant {
+            action,
+            user: Arc::from("alice"),
+            key: spa_proto::ClientPublic::from_bytes([1; 32]).key_id(),
+            src: "192.0.2.1".parse().unwrap(),
+            addr: "192.0.2.1".parse().unwrap(),
+            access: vec![Access::tcp(port).unwrap()],
+            duration_s: secs,
+            knock_id: [0; 16],
+        }
+    }
+
+    #[test]
+    fn refresh_keeps_one_timer_and_close_removes_it() {
+        let mut t = GrantTimers::default();
+        let t0 = Instant::now();
+        let c = t.changes(&[grant(Action::Open, 22, 30)], t0);
+        assert_eq!(c.len(), 1);
+        let c = t.changes(&[grant(Action::Open, 22, 60)], t0 + Duration::from_secs(10));
+        assert_eq!(
+            c,
+            vec![GateChange::Open {
+                addr: "192.0.2.1".parse().unwrap(),
+                access: Access::tcp(22).unwrap(),
+                timeout: Duration::from_secs(60)
+            }]
+        );
+        assert_eq!(t.open(t0).len(), 1, "a refresh never duplicates");
+        assert!(
+            t.expired(t0 + Duration::from_secs(40)).is_empty(),
+            "refreshed to 70 s"
+        );
+        assert_eq!(t.expired(t0 + Duration::from_secs(71)).len(), 1);
+        t.changes(&[grant(Action::Open, 22, 30)], t0);
+        let c = t.changes(&[grant(Action::Close, 22, 0)], t0);
+        assert!(matches!(c[0], GateChange::Close { .. }));
+        assert!(t.open(t0).is_empty());
+    }
 }
