@@ -1,4 +1,6 @@
 //! spa-server as a library, so tests drive it in-process; `main.rs` only calls [`cli`].
+//! `unsafe` is denied everywhere but [`capture`], which makes the socket system calls.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod capture;

@@ -298,6 +298,39 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
     );
     assert!(!tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
 
+    // Revoked while the server runs: the next knock opens nothing.
+    let r = run(
+        "spa-server",
+        &["--config", &config, "user", "revoke", "alice"],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+    daemon.wait_log("users store reloaded", Duration::from_secs(5));
+    send_udp(
+        &c,
+        "10.77.1.1",
+        PORT,
+        &sealed(&bundle, "10.77.1.2", "10.77.1.1", 3),
+    );
+    daemon.wait_log("revoked", Duration::from_secs(3));
+    assert!(!in_set(&s, "10.77.1.2"), "a revoked key opened the port");
+    let r = run(
+        "spa-server",
+        &["--config", &config, "user", "unrevoke", "alice"],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+    until("unrevoke never reloaded", Duration::from_secs(5), || {
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("users store reloaded"))
+            .count()
+            >= 2
+    });
+
     // kill -9 while a grant is open: the kernel still closes it on time.
     send_udp(
         &c,
@@ -309,6 +342,26 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         tcp_connects(&c, "10.77.1.1", SERVICE, 0.5)
     });
     let opened = Instant::now();
+    // The daemon's log never holds a secret.
+    let secrets: Vec<String> = std::fs::read_to_string(&bundle)
+        .unwrap()
+        .split('"')
+        .filter(|w| w.starts_with("SPA-"))
+        .chain(
+            std::fs::read_to_string(etc.join("server.key"))
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("SPA-")),
+        )
+        .map(str::to_owned)
+        .collect();
+    assert!(secrets.len() >= 2);
+    for line in daemon.log.lock().unwrap().iter() {
+        assert!(
+            secrets.iter().all(|s| !line.contains(&s[12..40])),
+            "secret in the log: {line}"
+        );
+    }
     daemon.kill9();
     assert!(
         tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
