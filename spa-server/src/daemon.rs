@@ -118,7 +118,7 @@ pub fn gate_worker(rx: Receiver<Grant>, mut gate: Box<dyn Gate>) {
         };
         if let Some(first) = first {
             let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(4096));
+            batch.extend(rx.try_iter().take(1023));
             let changes = timers.changes(&batch, Instant::now());
             match gate.apply(&changes) {
                 Ok(()) => {
@@ -203,7 +203,8 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     use crate::capture::{self, PacketSocket};
     use crate::limits::{LimitConfig, Limiter};
     use crate::live::Live;
-    use crate::nft::{self, NftGate, TableConfig};
+    use crate::netlink::NetlinkGate;
+    use crate::nft::{self, TableConfig};
     use crate::replay::ReplayStore;
 
     let mut destinations =
@@ -252,10 +253,11 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .map(|_| PacketSocket::open(&filter, Some(group), Duration::from_millis(200)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("opening the capture socket: {e}"))?;
+    let netlink = NetlinkGate::open(&table.table).map_err(|e| format!("netlink socket: {e}"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     let gate = std::thread::Builder::new()
         .name("gate".into())
-        .spawn(move || gate_worker(rx, Box::new(NftGate { table: table.table })))
+        .spawn(move || gate_worker(rx, Box::new(netlink)))
         .map_err(|e| e.to_string())?;
     let watcher = {
         let (live, stop) = (live.clone(), stop.clone());

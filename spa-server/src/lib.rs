@@ -10,6 +10,7 @@ pub mod directory;
 pub mod firewall;
 pub mod limits;
 pub mod live;
+pub mod netlink;
 pub mod nft;
 pub mod packet;
 pub mod pipeline;

@@ -1,21 +1,15 @@
-//! Our nftables table, and a [`Gate`] that applies each batch of grants as ONE atomic
-//! `nft -f -` transaction (one fork per batch, not per knock).
+//! Our nftables table, created or updated at start with one atomic `nft -f -` transaction
+//! (per-grant changes go over netlink: [`crate::netlink`]).
 //!
 //! Grants are elements of sets with `flags timeout`, keyed by address · protocol · port,
-//! so the kernel closes them on time even if the daemon dies. A refresh is
-//! add (ensure it exists) · delete · add-with-timeout in one transaction, which updates
-//! the timeout on every kernel (before Linux 6.12, re-adding an existing element does not)
-//! and never duplicates it; a close is add · delete, which never fails on a missing one.
-//! The table is left in place when the daemon stops: protected services stay closed.
+//! so the kernel closes them on time even if the daemon dies. The table is left in place
+//! when the daemon stops: protected services stay closed.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use spa_proto::{Access, Proto};
-
-use crate::daemon::{Gate, GateChange};
 
 /// What our table protects and where it listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,61 +117,9 @@ pub fn remove(table: &str) -> io::Result<()> {
     nft(&format!("delete table inet {table}\n"))
 }
 
-/// The element text `ADDR . PROTO . PORT` and its set.
-fn element(addr: IpAddr, a: Access) -> (&'static str, String) {
-    let set = if addr.is_ipv4() { "grants4" } else { "grants6" };
-    (set, format!("{addr} . {} . {}", proto(a), a.port()))
-}
-
-/// The transaction for a batch of changes.
-pub fn batch_script(table: &str, changes: &[GateChange]) -> String {
-    let mut s = String::new();
-    for c in changes {
-        match c {
-            GateChange::Open {
-                addr,
-                access,
-                timeout,
-            } => {
-                let (set, e) = element(*addr, *access);
-                let secs = timeout.as_secs().max(1);
-                let _ = writeln!(s, "add element inet {table} {set} {{ {e} }}");
-                let _ = writeln!(s, "delete element inet {table} {set} {{ {e} }}");
-                let _ = writeln!(
-                    s,
-                    "add element inet {table} {set} {{ {e} timeout {secs}s }}"
-                );
-            }
-            GateChange::Close { addr, access } => {
-                let (set, e) = element(*addr, *access);
-                let _ = writeln!(s, "add element inet {table} {set} {{ {e} }}");
-                let _ = writeln!(s, "delete element inet {table} {set} {{ {e} }}");
-            }
-        }
-    }
-    s
-}
-
-/// A gate that runs one `nft -f -` transaction per batch.
-#[derive(Debug)]
-pub struct NftGate {
-    /// Our table.
-    pub table: String,
-}
-
-impl Gate for NftGate {
-    fn apply(&mut self, changes: &[GateChange]) -> io::Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        nft(&batch_script(&self.table, changes))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn ruleset_and_batches() {
@@ -196,28 +138,6 @@ mod tests {
         assert!(
             accept < r.find("dport 22 drop").unwrap(),
             "grants are checked before the drops"
-        );
-        let b = batch_script(
-            "spa",
-            &[
-                GateChange::Open {
-                    addr: "2001:db8::1".parse().unwrap(),
-                    access: Access::tcp(22).unwrap(),
-                    timeout: Duration::from_secs(30),
-                },
-                GateChange::Close {
-                    addr: "192.0.2.1".parse().unwrap(),
-                    access: Access::tcp(22).unwrap(),
-                },
-            ],
-        );
-        assert_eq!(
-            b,
-            "add element inet spa grants6 { 2001:db8::1 . tcp . 22 }\n\
-             delete element inet spa grants6 { 2001:db8::1 . tcp . 22 }\n\
-             add element inet spa grants6 { 2001:db8::1 . tcp . 22 timeout 30s }\n\
-             add element inet spa grants4 { 192.0.2.1 . tcp . 22 }\n\
-             delete element inet spa grants4 { 192.0.2.1 . tcp . 22 }\n"
         );
     }
 }

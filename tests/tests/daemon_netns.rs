@@ -90,6 +90,26 @@ fn in_set(ns: &Netns, addr: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("\"{addr}\""))
 }
 
+/// Seconds left on `addr`'s elements (one entry per element in the set).
+fn expires(ns: &Netns, addr: &str) -> Vec<u64> {
+    let set = if addr.contains(':') {
+        "grants6"
+    } else {
+        "grants4"
+    };
+    let out = ns.run(&["nft", "-j", "list", "set", "inet", "spa", set]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut left = Vec::new();
+    for item in v["nftables"].as_array().unwrap() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            if e["elem"]["val"]["concat"][0] == addr {
+                left.push(e["elem"]["expires"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    left
+}
+
 fn sealed(bundle: &str, src: &str, dest: &str, secs: u32) -> Vec<u8> {
     let profile = Profile::load(std::path::Path::new(bundle)).unwrap();
     let (_, server) = profile.servers.iter().next().unwrap();
@@ -254,6 +274,42 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         Duration::from_secs(4).saturating_sub(knocked_at.elapsed()) + Duration::from_millis(700),
     );
     assert!(!in_set(&s, "10.77.1.2"), "grant outlived its 4 s");
+    assert!(!tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
+
+    // A repeated knock refreshes the one element; a close knock removes it at once.
+    let client = bin("spa-client");
+    let knock = |extra: &[&str]| {
+        let mut args = vec![
+            client.to_str().unwrap(),
+            "-q",
+            "--key",
+            &bundle,
+            "10.77.1.1",
+        ];
+        let service = format!("tcp/{SERVICE}");
+        args.push(&service);
+        args.extend_from_slice(extra);
+        c.run(&args);
+    };
+    knock(&["--for", "3s"]);
+    until("knock never opened", Duration::from_secs(3), || {
+        in_set(&s, "10.77.1.2")
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    knock(&["--for", "10m"]);
+    until("refresh never applied", Duration::from_secs(3), || {
+        expires(&s, "10.77.1.2").first().is_some_and(|&e| e > 500)
+    });
+    assert_eq!(
+        expires(&s, "10.77.1.2").len(),
+        1,
+        "a refresh must not duplicate the element"
+    );
+    assert!(tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
+    knock(&["--close"]);
+    until("close never applied", Duration::from_secs(3), || {
+        !in_set(&s, "10.77.1.2")
+    });
     assert!(!tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
 
     // IPv6.
