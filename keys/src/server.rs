@@ -42,6 +42,26 @@ struct ConfigFile {
     knock: KnockFile,
     #[serde(default)]
     firewall: FirewallFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsFile {
+    per_source_burst: u32,
+    per_source_per_sec: f64,
+    dh_per_sec: u32,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            per_source_burst: 20,
+            per_source_per_sec: 5.0,
+            dh_per_sec: 20_000,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,7 +117,7 @@ pub struct PreviousKey {
 }
 
 /// The validated server configuration, paths resolved against the file's directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// The configuration file itself.
     pub path: PathBuf,
@@ -127,6 +147,12 @@ pub struct ServerConfig {
     pub protect: Vec<Access>,
     /// Also gate the forward hook.
     pub forward: bool,
+    /// Knocks one source may send at once (step 4).
+    pub per_source_burst: u32,
+    /// Knocks per second one source regains.
+    pub per_source_per_sec: f64,
+    /// Diffie-Hellman operations per second, all sources together.
+    pub dh_per_sec: u32,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -200,6 +226,16 @@ impl ServerConfig {
                 ),
             ));
         }
+        let l = &file.limits;
+        if l.per_source_burst == 0
+            || !(l.per_source_per_sec > 0.0 && l.per_source_per_sec.is_finite())
+            || l.dh_per_sec == 0
+        {
+            return Err(invalid(
+                "limits",
+                "per_source_burst, per_source_per_sec and dh_per_sec must be positive".into(),
+            ));
+        }
         let mut previous_keys = Vec::new();
         for p in file.previous_keys {
             let until = humantime::parse_rfc3339_weak(&p.accept_until).map_err(|_| {
@@ -228,6 +264,9 @@ impl ServerConfig {
             table,
             protect,
             forward: file.firewall.forward,
+            per_source_burst: file.limits.per_source_burst,
+            per_source_per_sec: file.limits.per_source_per_sec,
+            dh_per_sec: file.limits.dh_per_sec,
         })
     }
 
@@ -366,6 +405,14 @@ table = "spa"
 protect = ["ssh"]
 # Also gate the forward hook (services behind this host, e.g. containers).
 forward = false
+
+[limits]
+# Checked after mac1 and before any Diffie-Hellman. A person knocks a few times a minute;
+# these never throttle one. A flood from one source is held to the per-source rate, and
+# floods from many (spoofed) sources to the global Diffie-Hellman budget.
+per_source_burst = 20
+per_source_per_sec = 5.0
+dh_per_sec = 20000
 "#,
         config = config.display(),
         lo = PORT_RANGE.start(),
@@ -481,6 +528,32 @@ mod tests {
                 + 1;
             assert!(err.contains(&format!(":{line}:")), "{err} (line {line})");
         }
+    }
+
+    #[test]
+    fn limits_are_configurable_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = init(dir.path(), Some(23456), &mut OsRng).unwrap();
+        let config = ServerConfig::load(&report.config).unwrap();
+        assert_eq!((config.per_source_burst, config.dh_per_sec), (20, 20_000));
+        let text = std::fs::read_to_string(&report.config).unwrap();
+        std::fs::write(
+            &report.config,
+            text.replace("dh_per_sec = 20000", "dh_per_sec = 50000"),
+        )
+        .unwrap();
+        assert_eq!(
+            ServerConfig::load(&report.config).unwrap().dh_per_sec,
+            50_000
+        );
+        std::fs::write(
+            &report.config,
+            text.replace("per_source_per_sec = 5.0", "per_source_per_sec = 0.0"),
+        )
+        .unwrap();
+        let err = ServerConfig::load(&report.config).unwrap_err().to_string();
+        let line = text.lines().position(|l| l == "[limits]").unwrap() + 1;
+        assert!(err.contains(&format!(":{line}: limits")), "{err}");
     }
 
     #[test]

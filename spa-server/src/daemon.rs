@@ -236,7 +236,12 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     let pipeline = Arc::new(Pipeline {
         live: live.clone(),
         replay: replay.clone(),
-        limiter: Limiter::new(LimitConfig::default()),
+        limiter: Limiter::new(LimitConfig {
+            per_source_burst: f64::from(config.per_source_burst),
+            per_source_rate: config.per_source_per_sec,
+            global_dh_per_sec: f64::from(config.dh_per_sec),
+            ..LimitConfig::default()
+        }),
         counters: Default::default(),
         port: config.port,
     });
