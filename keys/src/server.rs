@@ -231,9 +231,10 @@ impl ServerConfig {
             || !(l.per_source_per_sec > 0.0 && l.per_source_per_sec.is_finite())
             || l.dh_per_sec == 0
         {
-            return Err(invalid(
-                "limits",
-                "per_source_burst, per_source_per_sec and dh_per_sec must be positive".into(),
+            return Err(Error::invalid(
+                path,
+                line_of("[limits]"),
+                "limits: per_source_burst, per_source_per_sec and dh_per_sec must be positive",
             ));
         }
         let mut previous_keys = Vec::new();
