@@ -117,48 +117,74 @@ impl PacketSocket {
             )
         })?;
         if let Some(group) = fanout {
-            let arg: libc::c_int = i32::from(group) | ((libc::PACKET_FANOUT_LB as i32) << 16);
+            // Hash by flow: one client's datagrams stay on one worker, in order, so two
+            // quick knocks of one key are never verified out of order.
+            let arg: libc::c_int = i32::from(group) | ((libc::PACKET_FANOUT_HASH as i32) << 16);
             setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)?;
         }
         Ok(Self { fd })
     }
 
-    /// Receives one frame into `buf`. `Ok(None)` on timeout, or for a frame this host
-    /// sent. A frame longer than `buf` is reported with `len` = its real length (the
-    /// parser then drops it as truncated or jumbo).
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<FrameInfo>> {
-        // SAFETY: zeroed sockaddr_ll is valid; recvfrom writes at most `len` bytes of it.
-        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
-        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: `buf` is valid for `buf.len()` bytes; `sll`/`len` as above. MSG_TRUNC
-        // makes the return value the frame's real length.
-        let n = unsafe {
-            libc::recvfrom(
+    /// Receives up to `bufs.len()` frames with one recvmmsg(2) call (blocking for the
+    /// first until the read timeout). Frames this host sent are reported with `len` 0.
+    pub fn recv_batch(&self, bufs: &mut [Vec<u8>], infos: &mut Vec<FrameInfo>) -> io::Result<()> {
+        infos.clear();
+        let n = bufs.len();
+        // SAFETY: zeroed sockaddr_ll/iovec/mmsghdr are valid; each points into a live
+        // buffer below for the duration of the call.
+        let mut addrs: Vec<libc::sockaddr_ll> = vec![unsafe { zeroed() }; n];
+        let mut iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = (0..n)
+            .map(|i| {
+                // SAFETY: an all-zero mmsghdr is valid; we set the pointers we use.
+                let mut m: libc::mmsghdr = unsafe { zeroed() };
+                m.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_ll).cast();
+                m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                m.msg_hdr.msg_iov = &mut iovs[i];
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        // SAFETY: `msgs` holds `n` valid headers whose buffers outlive the call.
+        // MSG_WAITFORONE: block for the first frame only, then take what is queued.
+        let got = unsafe {
+            libc::recvmmsg(
                 self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                (&mut sll as *mut libc::sockaddr_ll).cast(),
-                &mut len,
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
             )
         };
-        if n < 0 {
+        if got < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
                 io::ErrorKind::WouldBlock
                 | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => Ok(None),
+                | io::ErrorKind::Interrupted => Ok(()),
                 _ => Err(e),
             };
         }
-        if sll.sll_pkttype == PACKET_OUTGOING {
-            return Ok(None);
+        for i in 0..got as usize {
+            let sll = &addrs[i];
+            let len = if sll.sll_pkttype == PACKET_OUTGOING {
+                0
+            } else {
+                msgs[i].msg_len as usize
+            };
+            infos.push(FrameInfo {
+                len,
+                ethertype: u16::from_be(sll.sll_protocol),
+                ifindex: sll.sll_ifindex,
+            });
         }
-        Ok(Some(FrameInfo {
-            len: n as usize,
-            ethertype: u16::from_be(sll.sll_protocol),
-            ifindex: sll.sll_ifindex,
-        }))
+        Ok(())
     }
 }
 
@@ -172,6 +198,16 @@ pub fn ifindex(name: &str) -> io::Result<i32> {
             format!("interface {name:?}: bad ifindex"),
         )
     })
+}
+
+/// Returns freed heap memory to the system (glibc's malloc_trim): called after loading or
+/// reloading a large users store, whose parse leaves much freed memory behind.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it is always safe to call.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Every address configured on this host's interfaces (in this network namespace): the

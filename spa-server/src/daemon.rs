@@ -147,7 +147,8 @@ pub fn gate_worker(rx: Receiver<Grant>, mut gate: Box<dyn Gate>) {
     }
 }
 
-/// Runs one capture worker until `stop` is set.
+/// Runs one capture worker until `stop` is set: frames arrive in batches (one recvmmsg
+/// call for up to 64), each goes through the pipeline.
 pub fn capture_worker(
     socket: crate::capture::PacketSocket,
     interfaces: Arc<Vec<i32>>,
@@ -155,46 +156,51 @@ pub fn capture_worker(
     grants: Sender<Grant>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut buf = vec![0u8; 65_536];
+    // Knocks are 242 bytes; a frame longer than a buffer is dropped as truncated.
+    let mut bufs = vec![vec![0u8; 2048]; 64];
+    let mut infos = Vec::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
-        let info = match socket.recv(&mut buf) {
-            Ok(Some(info)) => info,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "capture failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if !interfaces.is_empty() && !interfaces.contains(&info.ifindex) {
+        if let Err(e) = socket.recv_batch(&mut bufs, &mut infos) {
+            tracing::error!(error = %e, "capture failed");
+            std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        let frame = &buf[..info.len.min(buf.len())];
-        match pipeline.handle_frame(info.ethertype, frame, SystemTime::now()) {
-            Outcome::Granted(g) => {
-                if grants.send(g).is_err() {
-                    return;
-                }
+        for (info, buf) in infos.iter().zip(&bufs) {
+            if info.len == 0 || (!interfaces.is_empty() && !interfaces.contains(&info.ifindex)) {
+                continue;
             }
-            Outcome::Rejected {
-                reason,
-                user,
-                key,
-                src,
-            } => {
-                let skew = match reason {
-                    spa_proto::Reject::Stale { skew_ms }
-                    | spa_proto::Reject::Future { skew_ms } => Some(skew_ms),
-                    _ => None,
-                };
-                tracing::warn!(decision = "rejected", reason = reason.code(), user = %user, key = %key, src = %src, skew_ms = ?skew, "knock refused");
+            let frame = &buf[..info.len.min(buf.len())];
+            if !handle(&pipeline, &grants, info.ethertype, frame) {
+                return;
             }
-            Outcome::Failed(e) => {
-                tracing::error!(error = %e, "replay state not written; knock refused (fail closed)")
-            }
-            Outcome::Dropped(_) | Outcome::PreAuth(_) => {}
         }
     }
+}
+
+/// One frame through the pipeline; false when the gate worker is gone.
+fn handle(pipeline: &Pipeline, grants: &Sender<Grant>, ethertype: u16, frame: &[u8]) -> bool {
+    match pipeline.handle_frame(ethertype, frame, SystemTime::now()) {
+        Outcome::Granted(g) => return grants.send(g).is_ok(),
+        Outcome::Rejected {
+            reason,
+            user,
+            key,
+            src,
+        } => {
+            let skew = match reason {
+                spa_proto::Reject::Stale { skew_ms } | spa_proto::Reject::Future { skew_ms } => {
+                    Some(skew_ms)
+                }
+                _ => None,
+            };
+            tracing::warn!(decision = "rejected", reason = reason.code(), user = %user, key = %key, src = %src, skew_ms = ?skew, "knock refused");
+        }
+        Outcome::Failed(e) => {
+            tracing::error!(error = %e, "replay state not written; knock refused (fail closed)")
+        }
+        Outcome::Dropped(_) | Outcome::PreAuth(_) => {}
+    }
+    true
 }
 
 /// `spa-server run`: everything until SIGTERM/SIGINT. The firewall table stays in place
@@ -216,6 +222,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         destinations,
     };
     let live = Arc::new(Live::load(config, &vc, SystemTime::now()).map_err(|e| e.to_string())?);
+    capture::trim_heap();
     let replay = Arc::new(
         ReplayStore::open(&config.state_dir)
             .map_err(|e| format!("replay state {}: {e}", config.state_dir.display()))?,
@@ -268,7 +275,10 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         let (live, stop) = (live.clone(), stop.clone());
         std::thread::spawn(move || {
             live.watch(Duration::from_millis(200), || stop.load(Ordering::Relaxed), |r| match r {
-                Ok(r) => tracing::info!(result = ?r, "users store reloaded"),
+                Ok(r) => {
+                    capture::trim_heap();
+                    tracing::info!(result = ?r, "users store reloaded")
+                }
                 Err(e) => tracing::error!(error = %e, "users store not reloaded; the previous one stays in force"),
             })
         })
