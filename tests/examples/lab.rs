@@ -475,6 +475,8 @@ fn main() {
             let rate: u64 = rate.parse().unwrap();
             let t0 = Instant::now();
             let mut sent = 0usize;
+            // Round-robin over users: `i` is the round, the same index in every list.
+            #[allow(clippy::needless_range_loop)]
             'outer: for i in 0..per {
                 for u in 0..users {
                     if sent == count || t0.elapsed() > Duration::from_secs(30) {

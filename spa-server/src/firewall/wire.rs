@@ -707,7 +707,7 @@ mod tests {
     fn big_batches_split_into_transactions_that_fit_the_send_buffer() {
         let changes: Vec<Change> = (0..2500u32)
             .map(|i| Change::Grant {
-                addr: IpAddr::V6(Ipv6Addr::from(u128::from(i) | 0x2001_0db8 << 96)),
+                addr: IpAddr::V6(Ipv6Addr::from(u128::from(i) | 0x2001_0db8_u128 << 96)),
                 access: Access::tcp(22).unwrap(),
                 timeout: Duration::from_secs(30),
             })
