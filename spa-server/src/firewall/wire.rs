@@ -159,7 +159,8 @@ impl<'a> Msg<'a> {
     fn begin(&mut self, kind: u16) {
         self.nests.push(self.out.len());
         self.out.extend_from_slice(&[0, 0]);
-        self.out.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.out
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
     }
 
     fn end(&mut self) {
@@ -618,7 +619,10 @@ mod tests {
         let mut at = 0;
         while at < bytes.len() {
             let len = ne_u32(bytes, at).unwrap() as usize;
-            v.push((ne_u16(bytes, at + 4).unwrap(), ne_u32(bytes, at + 8).unwrap()));
+            v.push((
+                ne_u16(bytes, at + 4).unwrap(),
+                ne_u32(bytes, at + 8).unwrap(),
+            ));
             at += len;
         }
         assert_eq!(at, bytes.len());
@@ -664,18 +668,16 @@ mod tests {
         assert_eq!(t.message_of(3), Some(None));
         assert_eq!(t.message_of(4), None);
         // The last grant's timeout, once; the first is gone.
-        let count = |v: u64| {
-            t.bytes
-                .windows(8)
-                .filter(|w| *w == v.to_be_bytes())
-                .count()
-        };
+        let count = |v: u64| t.bytes.windows(8).filter(|w| *w == v.to_be_bytes()).count();
         assert_eq!(count(30_000), 1);
         assert_eq!(count(5_000), 0);
         // A grant after a revoke of the same element grants it.
         let mut seq = 1;
         let again = [
-            Change::Revoke { addr: a, access: ssh },
+            Change::Revoke {
+                addr: a,
+                access: ssh,
+            },
             Change::Grant {
                 addr: a,
                 access: ssh,
@@ -763,7 +765,14 @@ mod tests {
         short_tlv.extend(header(16, 0, 0, 1));
         short_tlv.extend_from_slice(&[0xff, 0xff, 1, 0, 0, 0, 0, 0]);
         let r = parse_replies(&short_tlv).unwrap();
-        assert!(matches!(r[0], Reply::Error { errno: 1, text: None, .. }));
+        assert!(matches!(
+            r[0],
+            Reply::Error {
+                errno: 1,
+                text: None,
+                ..
+            }
+        ));
         assert!(attrs(&[3, 0, 1, 0]).is_err());
         assert!(attrs(&[9, 0, 1, 0, 0]).is_err());
         assert!(parse_elements(&[1]).is_err());
@@ -790,7 +799,14 @@ mod tests {
         let (a, ssh) = v4();
         let key = element_key(a, ssh);
         let mut out = Vec::new();
-        setelem(&mut out, NFT_MSG_NEWSETELEM, 1, "spa", "grants4", &[(&key, Some(30_000))]);
+        setelem(
+            &mut out,
+            NFT_MSG_NEWSETELEM,
+            1,
+            "spa",
+            "grants4",
+            &[(&key, Some(30_000))],
+        );
         // Append EXPIRATION (12 bytes) inside the LIST_ELEM and fix the nest lengths.
         let mut m = out[NLMSG_HDRLEN..].to_vec();
         let elements_at = 4 + 8 + 12;

@@ -1,1 +1,0 @@
-//! The firewall backend: our nftables table and its grant sets (see the server issue).
