@@ -7,7 +7,6 @@ pub mod capture;
 pub mod cli;
 pub mod daemon;
 pub mod directory;
-pub mod firewall;
 pub mod limits;
 pub mod live;
 pub mod netlink;
