@@ -177,6 +177,33 @@ pub fn capture_worker(
     }
 }
 
+/// At most this many reject lines per second; the rest are counted and summarised, so
+/// resent captured knocks (authenticated, so attributable) cannot flood the log.
+pub const REJECT_LINES_PER_SEC: u64 = 50;
+
+static REJECT_WINDOW: std::sync::Mutex<(u64, u64, u64)> = std::sync::Mutex::new((0, 0, 0));
+
+/// Whether this reject may be logged now; logs a summary of suppressed lines once a second.
+fn reject_line_allowed(now: SystemTime) -> bool {
+    let sec = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut w = REJECT_WINDOW.lock().unwrap_or_else(|p| p.into_inner());
+    if w.0 != sec {
+        if w.2 > 0 {
+            tracing::warn!(suppressed = w.2, "authenticated rejects beyond {REJECT_LINES_PER_SEC}/s not logged one by one (see the counters)");
+        }
+        *w = (sec, 0, 0);
+    }
+    if w.1 < REJECT_LINES_PER_SEC {
+        w.1 += 1;
+        true
+    } else {
+        w.2 += 1;
+        false
+    }
+}
+
 /// One frame through the pipeline; false when the gate worker is gone.
 fn handle(pipeline: &Pipeline, grants: &Sender<Grant>, ethertype: u16, frame: &[u8]) -> bool {
     match pipeline.handle_frame(ethertype, frame, SystemTime::now()) {
@@ -186,7 +213,7 @@ fn handle(pipeline: &Pipeline, grants: &Sender<Grant>, ethertype: u16, frame: &[
             user,
             key,
             src,
-        } => {
+        } if reject_line_allowed(SystemTime::now()) => {
             let skew = match reason {
                 spa_proto::Reject::Stale { skew_ms } | spa_proto::Reject::Future { skew_ms } => {
                     Some(skew_ms)
@@ -198,7 +225,7 @@ fn handle(pipeline: &Pipeline, grants: &Sender<Grant>, ethertype: u16, frame: &[
         Outcome::Failed(e) => {
             tracing::error!(error = %e, "replay state not written; knock refused (fail closed)")
         }
-        Outcome::Dropped(_) | Outcome::PreAuth(_) => {}
+        Outcome::Rejected { .. } | Outcome::Dropped(_) | Outcome::PreAuth(_) => {}
     }
     true
 }
