@@ -41,6 +41,14 @@ pub struct Cli {
     /// Use IPv6 only.
     #[arg(short = '6')]
     pub ipv6: bool,
+    /// After knocking, wait until the TCP service accepts (default timeout 10s), re-sending
+    /// the knock once if the first seems lost.
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "10s", require_equals = true)]
+    pub wait: Option<String>,
+    /// ssh ProxyCommand mode: knock, wait, then relay stdin/stdout to the service
+    /// (`ssh -o ProxyCommand='spa-client --proxy %h %p' host`). Only relayed bytes go to stdout.
+    #[arg(long)]
+    pub proxy: bool,
     /// Print what would be sent (never the key) and send nothing.
     #[arg(long)]
     pub dry_run: bool,

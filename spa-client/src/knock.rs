@@ -31,6 +31,63 @@ fn resolve(host: &str, port: u16, v4: bool, v6: bool) -> Result<SocketAddr> {
     })
 }
 
+fn send_one(socket: &UdpSocket, knock: &[u8], target: SocketAddr) -> Result<()> {
+    let sent = socket
+        .send(knock)
+        .map_err(|e| usage(format!("host unreachable: {target}: {e}")))?;
+    if sent != knock.len() {
+        return Err(usage(format!("sent {sent} of {} bytes", knock.len())));
+    }
+    Ok(())
+}
+
+/// Tries to connect every 50 ms until `timeout`; after 1 s without success the knock is
+/// sent once more (a lost datagram is never answered, so the client cannot know).
+fn wait_open(
+    service: SocketAddr,
+    timeout: std::time::Duration,
+    mut resend: impl FnMut() -> Result<()>,
+) -> Result<std::net::TcpStream> {
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let mut resent = false;
+    loop {
+        let left = timeout.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return Err(usage(format!(
+                "{service} did not open within {}s: the knock was lost or refused (the server never says which; check your clock, your profile and the server's log)",
+                timeout.as_secs()
+            )));
+        }
+        if let Ok(s) =
+            std::net::TcpStream::connect_timeout(&service, left.min(Duration::from_millis(250)))
+        {
+            return Ok(s);
+        }
+        if !resent && t0.elapsed() >= Duration::from_secs(1) {
+            resent = true;
+            resend()?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Relays stdin to the connection and the connection to stdout until both ends close.
+fn relay(stream: std::net::TcpStream) -> Result<()> {
+    use std::io::copy;
+    let io = |e: std::io::Error| usage(format!("relay: {e}"));
+    let mut up = stream.try_clone().map_err(io)?;
+    let mut down = stream;
+    let writer = std::thread::spawn(move || {
+        let r = copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+        r
+    });
+    copy(&mut down, &mut std::io::stdout().lock()).map_err(io)?;
+    let _ = writer.join();
+    Ok(())
+}
+
 /// Runs a knock.
 pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
     let Some(host) = cli.host.as_deref() else {
@@ -136,13 +193,14 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
         )
         .map_err(|e| Error::io(std::path::Path::new("<stdout>"), e));
     }
-    let sent = socket
-        .send(&knock)
-        .map_err(|e| usage(format!("host unreachable: {target}: {e}")))?;
-    if sent != knock.len() {
-        return Err(usage(format!("sent {sent} of {} bytes", knock.len())));
-    }
+    send_one(&socket, &knock, target)?;
     if !cli.quiet {
+        // In proxy mode stdout carries only the relayed bytes.
+        let out: &mut dyn Write = if cli.proxy {
+            &mut std::io::stderr()
+        } else {
+            out
+        };
         writeln!(
             out,
             "knocked {name} ({target}): {} {} for {opened}, {span}",
@@ -150,6 +208,37 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             what.join(",")
         )
         .map_err(|e| Error::io(std::path::Path::new("<stdout>"), e))?;
+    }
+    if cli.wait.is_some() || cli.proxy {
+        let timeout = match &cli.wait {
+            Some(t) => parse_duration(t)?,
+            None => std::time::Duration::from_secs(10),
+        };
+        let port = access
+            .iter()
+            .find(|a| a.proto() == spa_proto::Proto::Tcp)
+            .ok_or_else(|| usage("--wait and --proxy need a tcp service"))?
+            .port();
+        let service = SocketAddr::new(target.ip(), port);
+        let resend = || {
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let again = seal(
+                server.secret(&profile),
+                &server.card.key,
+                server.psk.as_ref(),
+                &request,
+                now_ms,
+                &mut OsRng,
+            )
+            .map_err(|e| usage(e.to_string()))?;
+            send_one(&socket, &again, target)
+        };
+        let stream = wait_open(service, timeout, resend)?;
+        if cli.proxy {
+            return relay(stream);
+        }
     }
     Ok(())
 }

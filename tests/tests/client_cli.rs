@@ -1,0 +1,221 @@
+//! The real spa-client on loopback: one datagram of the fixed length that the server's
+//! verifier opens, clear errors and exit codes, --dry-run, --wait and --proxy.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::OsRng;
+use spa_e2e::{bin, run};
+use spa_keys::card::Card;
+use spa_keys::profile::Profile;
+use spa_proto::*;
+
+struct Lab {
+    dir: tempfile::TempDir,
+    server: ServerSecret,
+    udp: UdpSocket,
+    profile: String,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerSecret::generate(&mut OsRng);
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let profile = dir.path().join("me.spa").display().to_string();
+        let lab = Self {
+            dir,
+            server,
+            udp,
+            profile,
+        };
+        assert!(lab.client(&["keygen"]).ok);
+        let card = Card {
+            key: lab.server.public(),
+            host: "127.0.0.1".into(),
+            port: lab.udp.local_addr().unwrap().port(),
+        };
+        assert!(lab.client(&["add-server", "lo", &card.to_string()]).ok);
+        lab
+    }
+    fn client(&self, args: &[&str]) -> spa_e2e::Run {
+        let mut all = vec!["--key", self.profile.as_str()];
+        all.extend_from_slice(args);
+        run("spa-client", &all, self.dir.path())
+    }
+    fn datagrams(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = self.udp.recv(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+    fn open(&self, knock: &[u8]) -> Result<Request, Reject> {
+        let me = Profile::load(std::path::Path::new(&self.profile))
+            .unwrap()
+            .secret
+            .public();
+        let policy = Arc::new(Policy {
+            allowed: (1..=65535).map(|p| Access::tcp(p).unwrap()).collect(),
+            max_duration_s: 3600,
+            nat_allowed: false,
+        });
+        let dir = HashMap::from([(
+            me,
+            ClientEntry::new(&self.server, me, None, policy, ()).unwrap(),
+        )]);
+        let v = Verifier::new(self.server.clone(), VerifierConfig::default());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        v.open(
+            "127.0.0.1".parse().unwrap(),
+            now,
+            knock,
+            &dir,
+            &HashMap::new(),
+        )
+        .map(|o| o.payload.request)
+        .map_err(|r| r.reason)
+    }
+}
+
+#[test]
+fn one_datagram_of_the_fixed_length_that_the_server_opens() {
+    let lab = Lab::new();
+    let r = lab.client(&["lo", "ssh", "tcp/8443", "--for", "10m"]);
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.stdout.contains("knocked lo") && r.stdout.contains("tcp/22,tcp/8443"),
+        "{}",
+        r.stdout
+    );
+    let got = lab.datagrams();
+    assert_eq!(got.len(), 1, "exactly one datagram");
+    assert_eq!(got[0].len(), KNOCK_LEN);
+    let req = lab.open(&got[0]).unwrap();
+    assert_eq!(
+        req.access(),
+        [Access::tcp(22).unwrap(), Access::tcp(8443).unwrap()]
+    );
+    assert_eq!(req.duration_s(), 600);
+    assert_eq!(req.open_addr(), OpenAddr::Ip("127.0.0.1".parse().unwrap()));
+    // -q prints nothing; a bare port means tcp/PORT; --close asks to close.
+    let r = lab.client(&["-q", "lo", "2222", "--close"]);
+    assert!(r.ok && r.stdout.is_empty(), "{r:?}");
+    let got = lab.datagrams();
+    let req = lab.open(&got[0]).unwrap();
+    assert_eq!(
+        (req.access()[0], req.action()),
+        (Access::tcp(2222).unwrap(), Action::Close)
+    );
+}
+
+#[test]
+fn dry_run_sends_nothing_and_never_prints_the_key() {
+    let lab = Lab::new();
+    let r = lab.client(&["lo", "ssh", "--dry-run"]);
+    assert!(r.ok && r.stdout.contains("would send 242 bytes"), "{r:?}");
+    assert!(lab.datagrams().is_empty());
+    let text = std::fs::read_to_string(&lab.profile).unwrap();
+    let secret = text
+        .split('"')
+        .find(|w| w.starts_with("SPA-CLIENT-SECRET-KEY-1"))
+        .unwrap();
+    assert!(!r.stdout.contains(&secret[23..50]) && !r.stderr.contains(&secret[23..50]));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let lab = Lab::new();
+    let cases: [(&[&str], &str); 5] = [
+        (&["nowhere", "ssh"], "add-server"),
+        (&["lo", "gopher"], "unknown service"),
+        (&["lo"], "name at least one service"),
+        (&["lo", "tcp/0"], "tcp/PORT"),
+        (&["lo", "ssh", "--for", "forever"], "not a duration"),
+    ];
+    for (args, needle) in cases {
+        let r = lab.client(args);
+        assert_eq!(r.code, Some(1), "{args:?}: {r:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    }
+    let missing = lab.dir.path().join("none.spa").display().to_string();
+    let r = run(
+        "spa-client",
+        &["--key", &missing, "lo", "ssh"],
+        lab.dir.path(),
+    );
+    assert!(
+        r.code == Some(1) && r.stderr.contains("spa-client keygen"),
+        "{r:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&lab.profile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = lab.client(&["lo", "ssh"]);
+    assert!(r.code == Some(1) && r.stderr.contains("chmod 600"), "{r:?}");
+    let r = run("spa-client", &["--bogus"], lab.dir.path());
+    assert_eq!(r.code, Some(2), "usage errors exit 2: {r:?}");
+    assert!(lab.datagrams().is_empty(), "no error path sends anything");
+}
+
+#[test]
+fn wait_and_resend() {
+    let lab = Lab::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let r = lab.client(&["lo", &format!("tcp/{port}"), "--wait=5s"]);
+    assert!(r.ok, "{r:?}");
+    assert_eq!(lab.datagrams().len(), 1, "open at once: no resend");
+    drop(listener);
+    let r = lab.client(&["lo", &format!("tcp/{port}"), "--wait=2s"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("did not open within 2s"), "{}", r.stderr);
+    let got = lab.datagrams();
+    assert_eq!(got.len(), 2, "the knock is re-sent once");
+    assert_ne!(got[0], got[1], "the resend is a fresh knock");
+    assert!(lab.open(&got[1]).is_ok());
+}
+
+#[test]
+fn proxy_relays_and_keeps_stdout_clean() {
+    let lab = Lab::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap();
+        c.write_all(&buf[..n]).unwrap();
+    });
+    let mut child = Command::new(bin("spa-client"))
+        .args(["--key", &lab.profile, "--proxy", "127.0.0.1", &port])
+        .env("HOME", lab.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SSH-2.0-test\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        out.stdout, b"SSH-2.0-test\r\n",
+        "stdout carries only the relayed bytes"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("knocked"));
+    assert_eq!(lab.datagrams().len(), 1);
+}
