@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::profile_cmds;
 
@@ -82,6 +82,12 @@ pub enum Command {
     },
     /// Show your public key and the servers in your profile (never the secret key).
     Show,
+    /// Write man pages and shell completions into DIR (for packaging and `scripts/install.sh`).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// The profile path: `--key`, else `~/.spa`.
@@ -112,4 +118,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `man/*.1` (one page per command and subcommand) and completions for bash, zsh
+/// and fish under `dir`.
+pub fn generate_docs(dir: &std::path::Path) -> std::io::Result<()> {
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "spa-client", &completions)?;
+    }
+    Ok(())
 }

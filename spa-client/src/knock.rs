@@ -31,6 +31,32 @@ fn resolve(host: &str, port: u16, v4: bool, v6: bool) -> Result<SocketAddr> {
     })
 }
 
+/// A server by profile name or card host; else by address, resolving HOST and every
+/// server's host with the system resolver.
+fn find_server<'p>(
+    profile: &'p Profile,
+    host: &str,
+) -> Option<(&'p str, &'p spa_keys::profile::ServerEntry)> {
+    if let Some(found) = profile.find_server(host) {
+        return Some(found);
+    }
+    let addrs = |h: &str| -> Vec<IpAddr> {
+        (h, 0)
+            .to_socket_addrs()
+            .map(|a| a.map(|s| s.ip()).collect())
+            .unwrap_or_default()
+    };
+    let wanted = addrs(host);
+    if wanted.is_empty() {
+        return None;
+    }
+    profile
+        .servers
+        .iter()
+        .find(|(_, s)| addrs(&s.card.host).iter().any(|a| wanted.contains(a)))
+        .map(|(n, s)| (n.as_str(), s))
+}
+
 fn send_one(socket: &UdpSocket, knock: &[u8], target: SocketAddr) -> Result<()> {
     let sent = socket
         .send(knock)
@@ -108,7 +134,7 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
         )));
     }
     let profile = Profile::load(&path)?;
-    let (name, server) = profile.find_server(host).ok_or_else(|| {
+    let (name, server) = find_server(&profile, host).ok_or_else(|| {
         usage(format!(
             "{host} is not a server in {}: add it with `spa-client add-server NAME CARD` (the server's admin prints the card with `spa-server card`)",
             path.display()

@@ -82,6 +82,10 @@ pub fn run(cli: &Cli, cmd: &Command, out: &mut impl Write) -> Result<()> {
             profile.save(&path)?;
             writeln!(out, "added server {name} to {}", path.display()).map_err(io)
         }
+        Command::GenerateDocs { dir } => {
+            crate::cli::generate_docs(dir).map_err(|e| Error::io(dir, e))?;
+            writeln!(out, "wrote man pages and completions to {}", dir.display()).map_err(io)
+        }
         Command::Show => {
             let profile = load(&path)?;
             writeln!(

@@ -88,6 +88,10 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
         }
         Command::User(cmd) => user(cli, cmd, out),
         Command::Run => Err(Error::Usage("run is handled by the command line".into())),
+        Command::GenerateDocs { dir } => {
+            crate::cli::generate_docs(dir).map_err(|e| Error::io(dir, e))?;
+            writeln!(out, "wrote man pages and completions to {}", dir.display()).map_err(io)
+        }
         Command::Firewall(FirewallCommand::Remove) => {
             let config = ServerConfig::load(&cli.config)?;
             crate::nft::remove(&config.table).map_err(|e| Error::Usage(e.to_string()))?;

@@ -219,3 +219,82 @@ fn proxy_relays_and_keeps_stdout_clean() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("knocked"));
     assert_eq!(lab.datagrams().len(), 1);
 }
+
+#[test]
+fn host_by_resolved_address_and_help() {
+    let lab = Lab::new();
+    // The card says 127.0.0.1; "localhost" resolves to it.
+    let r = lab.client(&["-4", "localhost", "ssh"]);
+    assert!(r.ok, "{r:?}");
+    assert_eq!(lab.datagrams().len(), 1);
+    let help = run("spa-client", &["--help"], lab.dir.path());
+    assert!(help.ok);
+    for needle in [
+        "Usage: spa-client",
+        "--key",
+        "--for",
+        "--wait",
+        "--proxy",
+        "--nat",
+        "--source-ip",
+        "--dry-run",
+        "keygen",
+        "add-server",
+    ] {
+        assert!(
+            help.stdout.contains(needle),
+            "help lacks {needle}: {}",
+            help.stdout
+        );
+    }
+    let help = run("spa-server", &["--help"], lab.dir.path());
+    for needle in [
+        "init",
+        "card",
+        "check",
+        "rotate-key",
+        "user",
+        "run",
+        "firewall",
+    ] {
+        assert!(help.stdout.contains(needle), "help lacks {needle}");
+    }
+}
+
+#[test]
+fn install_target_puts_binaries_man_pages_and_completions_in_place() {
+    let dest = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("DESTDIR", dest.path())
+        .env("PREFIX", "/usr")
+        .env("SPA_PROFILE", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = dest.path().join("usr");
+    for f in [
+        "bin/spa-server",
+        "bin/spa-client",
+        "share/man/man1/spa-client.1",
+        "share/man/man1/spa-server-user-provision.1",
+        "share/bash-completion/completions/spa-client",
+        "share/zsh/site-functions/_spa-server",
+        "share/fish/vendor_completions.d/spa-client.fish",
+    ] {
+        assert!(root.join(f).exists(), "{f} not installed");
+    }
+    let page = std::fs::read_to_string(root.join("share/man/man1/spa-client.1")).unwrap();
+    assert!(
+        page.contains(".TH spa-client") && page.contains("proxy"),
+        "man page content"
+    );
+    let completion =
+        std::fs::read_to_string(root.join("share/bash-completion/completions/spa-client")).unwrap();
+    assert!(completion.contains("--wait"));
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs spa-server and spa-client with their man pages and shell completions.
+#   PREFIX (default /usr/local), DESTDIR (staging root, default empty),
+#   SPA_PROFILE=debug to install a debug build (tests use it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX="${PREFIX:-/usr/local}"
+DESTDIR="${DESTDIR:-}"
+PROFILE="${SPA_PROFILE:-release}"
+if [ "$PROFILE" = release ]; then
+    cargo build --release --locked -q --bins
+else
+    cargo build --locked -q --bins
+fi
+bin="target/$PROFILE"
+root="$DESTDIR$PREFIX"
+install -d -m 0755 "$root/bin" "$root/share/man/man1" \
+    "$root/share/bash-completion/completions" "$root/share/zsh/site-functions" \
+    "$root/share/fish/vendor_completions.d"
+install -m 0755 "$bin/spa-server" "$bin/spa-client" "$root/bin/"
+docs="$(mktemp -d)"
+trap 'rm -rf "$docs"' EXIT
+"$bin/spa-server" generate-docs "$docs" >/dev/null
+"$bin/spa-client" --key /dev/null generate-docs "$docs" >/dev/null
+install -m 0644 "$docs"/man/*.1 "$root/share/man/man1/"
+for b in spa-server spa-client; do
+    install -m 0644 "$docs/completions/$b.bash" "$root/share/bash-completion/completions/$b"
+    install -m 0644 "$docs/completions/_$b" "$root/share/zsh/site-functions/_$b"
+    install -m 0644 "$docs/completions/$b.fish" "$root/share/fish/vendor_completions.d/$b.fish"
+done
+echo "installed spa-server and spa-client into $root"
