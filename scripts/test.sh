@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
 need_rust_components
-# nftables, iproute2 and python3: the namespace tests (a real daemon, real firewall).
-need_debian_packages ca-certificates python3 nftables iproute2
+# nftables, iproute2, python3 and nmap: the namespace tests (a real daemon, real firewall).
+need_debian_packages ca-certificates python3 nftables iproute2 nmap
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

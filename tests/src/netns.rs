@@ -13,7 +13,7 @@ pub fn privileged(test: &str) -> bool {
         .output()
         .map(|o| o.stdout == b"0\n")
         .unwrap_or(false);
-    let tools = ["ip", "nft", "python3"].iter().all(|t| {
+    let tools = ["ip", "nft", "python3", "nmap"].iter().all(|t| {
         Command::new("sh")
             .args(["-c", &format!("command -v {t}")])
             .stdout(Stdio::null())
@@ -162,12 +162,53 @@ pub fn send_udp(ns: &Netns, host: &str, port: u16, bytes: &[u8]) {
     ns.run(&["python3", "-c", &code]);
 }
 
-/// A TCP listener on `port` (all addresses, IPv4 and IPv6) that answers and closes.
+/// A TCP echo server on `port` (all addresses, IPv4 and IPv6), a thread per connection.
 pub fn tcp_listener(ns: &Netns, port: u16) -> Child {
     let code = format!(
-        "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\n\
+        "import socket,threading\n\
+         def echo(c):\n while True:\n  d=c.recv(4096)\n  if not d: break\n  c.sendall(d)\n c.close()\n\
+         s=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\n\
          s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',{port}))\ns.listen(64)\n\
-         while True:\n c,_=s.accept()\n c.close()"
+         while True:\n c,_=s.accept()\n threading.Thread(target=echo,args=(c,),daemon=True).start()"
     );
     ns.spawn(&["python3", "-c", &code])
+}
+
+/// Connects now and exchanges bytes after `after_s` seconds over the same connection:
+/// succeeds only if an established session outlives whatever happened meanwhile.
+pub fn session_survives(ns: &Netns, host: &str, port: u16, after_s: f64) -> Child {
+    let code = format!(
+        "import socket,sys,time\ns=socket.create_connection(('{host}',{port}),timeout=2)\n\
+         time.sleep({after_s})\ns.sendall(b'still here')\ns.settimeout(2)\n\
+         sys.exit(0 if s.recv(64)==b'still here' else 1)"
+    );
+    ns.cmd("python3")
+        .args(["-c", &code])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
+/// nmap's verdict on one port (`open|filtered`, `closed`, `filtered`...), from `ns`.
+pub fn nmap_state(ns: &Netns, scan: &str, host: &str, port: u16) -> String {
+    let out = ns.run(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        scan,
+        "--max-retries",
+        "1",
+        "--host-timeout",
+        "30s",
+        "-p",
+        &port.to_string(),
+        host,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{port}/")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("missing")
+        .to_string()
 }

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::OsRng;
-use spa_e2e::netns::{link, privileged, send_udp, tcp_connects, tcp_listener, Netns};
+use spa_e2e::netns::{
+    link, nmap_state, privileged, send_udp, session_survives, tcp_connects, tcp_listener, Netns,
+};
 use spa_e2e::{bin, run};
 use spa_keys::profile::Profile;
 use spa_proto::{seal, Access, Action, OpenAddr, Request};
@@ -237,6 +239,12 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
     });
     let daemon = Daemon::start(&s, &config);
 
+    // The SPA port never answers: nmap cannot tell it from a silently dropped port, while
+    // an unprotected closed port answers with ICMP; the protected service is filtered.
+    assert_eq!(nmap_state(&a, "-sU", "10.77.2.1", PORT), "open|filtered");
+    assert_eq!(nmap_state(&a, "-sU", "10.77.2.1", PORT + 1), "closed");
+    assert_eq!(nmap_state(&a, "-sS", "10.77.2.1", SERVICE), "filtered");
+
     // Closed to everyone before a knock.
     assert!(
         !tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
@@ -269,12 +277,18 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         !tcp_connects(&a, "10.77.2.1", SERVICE, 1.0),
         "the attacker must stay closed out"
     );
+    // A session opened during the grant keeps working after the grant expires.
+    let mut session = session_survives(&c, "10.77.1.1", SERVICE, 4.5);
     // It expires on time (the kernel's set timeout).
     std::thread::sleep(
         Duration::from_secs(4).saturating_sub(knocked_at.elapsed()) + Duration::from_millis(700),
     );
     assert!(!in_set(&s, "10.77.1.2"), "grant outlived its 4 s");
     assert!(!tcp_connects(&c, "10.77.1.1", SERVICE, 1.0));
+    assert!(
+        session.wait().unwrap().success(),
+        "an established session must survive expiry"
+    );
 
     // A repeated knock refreshes the one element; a close knock removes it at once.
     let client = bin("spa-client");
@@ -431,6 +445,18 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         !tcp_connects(&c, "10.77.1.1", SERVICE, 1.0),
         "grant outlived the dead daemon"
     );
+
+    // The table outlives the daemon until the admin removes it.
+    assert!(s.try_run(&["nft", "list", "table", "inet", "spa"]));
+    let r = s.run(&[
+        bin("spa-server").to_str().unwrap(),
+        "--config",
+        &config,
+        "firewall",
+        "remove",
+    ]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("removed table inet spa"));
+    assert!(!s.try_run(&["nft", "list", "table", "inet", "spa"]));
 
     // Nothing outside our table changed, here or on the host.
     let other_after =
