@@ -208,13 +208,14 @@ impl ServerConfig {
         }
         let table = file.firewall.table;
         if !(1..=32).contains(&table.len())
+            || !table.starts_with(|c: char| c.is_ascii_alphabetic())
             || !table
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return Err(invalid(
                 "table",
-                "use letters, digits and '_' (1 to 32)".into(),
+                "start with a letter; letters, digits and '_' (1 to 32)".into(),
             ));
         }
         if let Some(bad) = file.interfaces.iter().find(|i| !valid_ifname(i)) {
