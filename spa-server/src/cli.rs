@@ -185,8 +185,11 @@ pub enum UserCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run) {
+        use std::io::IsTerminal;
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            // Plain text for journald and files; colours only on a terminal.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -106,40 +106,95 @@ impl GrantTimers {
     }
 }
 
-/// Runs the gate worker until the channel closes: batches every grant waiting, applies
-/// them in one call, logs expiries.
-pub fn gate_worker(rx: Receiver<Grant>, mut gate: Box<dyn Gate>) {
-    let mut timers = GrantTimers::default();
+/// The firewall side, shared by the capture threads and the gate worker. A capture thread
+/// applies its grant itself when the gate is idle and nothing is queued (no thread
+/// hand-off on the knock-to-open path); under load grants queue up and the gate worker
+/// applies them in batches. Grants are applied in the order they were accepted: the
+/// worker counts a queued grant as done only after applying it, under the lock.
+pub struct GateHandle {
+    state: std::sync::Mutex<(Box<dyn Gate>, GrantTimers)>,
+    queued: std::sync::atomic::AtomicUsize,
+    tx: std::sync::Mutex<Option<Sender<Grant>>>,
+}
+
+impl GateHandle {
+    /// A handle over `gate`, and the receiver its worker drains.
+    pub fn new(gate: Box<dyn Gate>) -> (Arc<Self>, Receiver<Grant>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = Self {
+            state: std::sync::Mutex::new((gate, GrantTimers::default())),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            tx: std::sync::Mutex::new(Some(tx)),
+        };
+        (Arc::new(h), rx)
+    }
+
+    /// Hands over an accepted knock; false once the daemon is stopping.
+    pub fn submit(&self, g: Grant) -> bool {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            if let Ok(mut st) = self.state.try_lock() {
+                if self.queued.load(Ordering::SeqCst) == 0 {
+                    let (gate, timers) = &mut *st;
+                    apply_batch(gate.as_mut(), timers, &[g]);
+                    return true;
+                }
+            }
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().is_some_and(|tx| tx.send(g).is_ok())
+    }
+
+    /// Stops accepting queued grants (the worker then ends).
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+fn apply_batch(gate: &mut dyn Gate, timers: &mut GrantTimers, batch: &[Grant]) {
+    let changes = timers.changes(batch, Instant::now());
+    let applying = Instant::now();
+    match gate.apply(&changes) {
+        Ok(()) => {
+            let applied = Instant::now();
+            for g in batch {
+                let queued_us = applying.saturating_duration_since(g.received).as_micros() as u64;
+                let apply_us = applied.saturating_duration_since(applying).as_micros() as u64;
+                let access: Vec<String> = g.access.iter().map(Access::to_string).collect();
+                match g.action {
+                    Action::Open => tracing::info!(
+                        decision = "granted", queued_us, apply_us, user = %g.user, key = %g.key, addr = %g.addr,
+                        access = %access.join(","), duration_s = g.duration_s, "grant open"
+                    ),
+                    Action::Close => tracing::info!(
+                        decision = "closed", user = %g.user, key = %g.key, addr = %g.addr,
+                        access = %access.join(","), "grant closed on request"
+                    ),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened")
+        }
+    }
+}
+
+/// Runs the gate worker until the handle is closed: applies queued grants in batches and
+/// logs expiries.
+pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(g) => Some(g),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let mut st = handle.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (gate, timers) = &mut *st;
         if let Some(first) = first {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(1023));
-            let changes = timers.changes(&batch, Instant::now());
-            match gate.apply(&changes) {
-                Ok(()) => {
-                    for g in &batch {
-                        let access: Vec<String> = g.access.iter().map(Access::to_string).collect();
-                        match g.action {
-                            Action::Open => tracing::info!(
-                                decision = "granted", user = %g.user, key = %g.key, addr = %g.addr,
-                                access = %access.join(","), duration_s = g.duration_s, "grant open"
-                            ),
-                            Action::Close => tracing::info!(
-                                decision = "closed", user = %g.user, key = %g.key, addr = %g.addr,
-                                access = %access.join(","), "grant closed on request"
-                            ),
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened")
-                }
-            }
+            apply_batch(gate.as_mut(), timers, &batch);
+            handle.queued.fetch_sub(batch.len(), Ordering::SeqCst);
         }
         for (user, addr, access) in timers.expired(Instant::now()) {
             tracing::info!(decision = "expired", user = %user, addr = %addr, access = %access, "grant expired");
@@ -153,7 +208,7 @@ pub fn capture_worker(
     socket: crate::capture::PacketSocket,
     interfaces: Arc<Vec<i32>>,
     pipeline: Arc<Pipeline>,
-    grants: Sender<Grant>,
+    grants: Arc<GateHandle>,
     stop: Arc<AtomicBool>,
 ) {
     // Knocks are 242 bytes; a frame longer than a buffer is dropped as truncated.
@@ -205,9 +260,9 @@ fn reject_line_allowed(now: SystemTime) -> bool {
 }
 
 /// One frame through the pipeline; false when the gate worker is gone.
-fn handle(pipeline: &Pipeline, grants: &Sender<Grant>, ethertype: u16, frame: &[u8]) -> bool {
+fn handle(pipeline: &Pipeline, grants: &GateHandle, ethertype: u16, frame: &[u8]) -> bool {
     match pipeline.handle_frame(ethertype, frame, SystemTime::now()) {
-        Outcome::Granted(g) => return grants.send(g).is_ok(),
+        Outcome::Granted(g) => return grants.submit(g),
         Outcome::Rejected {
             reason,
             user,
@@ -293,11 +348,14 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("opening the capture socket: {e}"))?;
     let netlink = NetlinkGate::open(&table.table).map_err(|e| format!("netlink socket: {e}"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let gate = std::thread::Builder::new()
-        .name("gate".into())
-        .spawn(move || gate_worker(rx, Box::new(netlink)))
-        .map_err(|e| e.to_string())?;
+    let (handle, rx) = GateHandle::new(Box::new(netlink));
+    let gate = {
+        let handle = handle.clone();
+        std::thread::Builder::new()
+            .name("gate".into())
+            .spawn(move || gate_worker(rx, handle))
+            .map_err(|e| e.to_string())?
+    };
     let watcher = {
         let (live, stop) = (live.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -326,19 +384,18 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
-            let (interfaces, pipeline, tx, stop) = (
+            let (interfaces, pipeline, handle, stop) = (
                 interfaces.clone(),
                 pipeline.clone(),
-                tx.clone(),
+                handle.clone(),
                 stop.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("capture-{i}"))
-                .spawn(move || capture_worker(socket, interfaces, pipeline, tx, stop))
+                .spawn(move || capture_worker(socket, interfaces, pipeline, handle, stop))
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    drop(tx);
     tracing::info!(
         port = config.port,
         workers,
@@ -349,6 +406,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     for t in capture {
         let _ = t.join();
     }
+    handle.close();
     let _ = gate.join();
     let _ = watcher.join();
     let _ = flusher.join();
@@ -373,6 +431,7 @@ mod tests {
             access: vec![Access::tcp(port).unwrap()],
             duration_s: secs,
             knock_id: [0; 16],
+            received: Instant::now(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Grant {
     pub duration_s: u32,
     /// The knock's id, for the audit record.
     pub knock_id: [u8; 16],
+    /// When its frame was handled (for the grant's latency in the log).
+    pub received: std::time::Instant,
 }
 
 /// What became of a datagram.
@@ -238,6 +240,7 @@ impl Pipeline {
             access: request.access().to_vec(),
             duration_s: opened.duration_s,
             knock_id: opened.payload.knock_id,
+            received: std::time::Instant::now(),
         })
     }
 }

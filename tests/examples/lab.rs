@@ -349,6 +349,40 @@ fn bench() {
         .output()
         .unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    // Inside the daemon: from the frame's handling to the grant in the kernel.
+    let field = |l: &str, f: &str| -> Option<u64> {
+        let plain: String = l.chars().filter(|c| !c.is_control()).collect();
+        let at = plain.find(&format!("{f}="))?;
+        plain[at + f.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .find(|t| !t.is_empty())?
+            .parse()
+            .ok()
+    };
+    let mut q: Vec<u64> = Vec::new();
+    let mut ap: Vec<u64> = Vec::new();
+    for l in d
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("grant open"))
+    {
+        if let (Some(a), Some(b)) = (field(l, "queued_us"), field(l, "apply_us")) {
+            q.push(a);
+            ap.push(b);
+        }
+    }
+    q.sort_unstable();
+    ap.sort_unstable();
+    if !q.is_empty() {
+        println!(
+            "daemon: verified->gate median {} us, netlink apply median {} us (n={})",
+            q[q.len() / 2],
+            ap[ap.len() / 2],
+            q.len()
+        );
+    }
 
     // Junk: right length, valid header, wrong mac1 (the worst junk), from the attacker.
     let n_junk = 400_000usize;
