@@ -58,6 +58,9 @@ impl Lab {
         out
     }
     fn open(&self, knock: &[u8]) -> Result<Request, Reject> {
+        self.open_from("127.0.0.1", false, knock)
+    }
+    fn open_from(&self, src: &str, nat: bool, knock: &[u8]) -> Result<Request, Reject> {
         let me = Profile::load(std::path::Path::new(&self.profile))
             .unwrap()
             .secret
@@ -65,7 +68,7 @@ impl Lab {
         let policy = Arc::new(Policy {
             allowed: (1..=65535).map(|p| Access::tcp(p).unwrap()).collect(),
             max_duration_s: 3600,
-            nat_allowed: false,
+            nat_allowed: nat,
         });
         let dir = HashMap::from([(
             me,
@@ -76,15 +79,9 @@ impl Lab {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        v.open(
-            "127.0.0.1".parse().unwrap(),
-            now,
-            knock,
-            &dir,
-            &HashMap::new(),
-        )
-        .map(|o| o.payload.request)
-        .map_err(|r| r.reason)
+        v.open(src.parse().unwrap(), now, knock, &dir, &HashMap::new())
+            .map(|o| o.payload.request)
+            .map_err(|r| r.reason)
     }
 }
 
@@ -297,4 +294,41 @@ fn install_target_puts_binaries_man_pages_and_completions_in_place() {
     let completion =
         std::fs::read_to_string(root.join("share/bash-completion/completions/spa-client")).unwrap();
     assert!(completion.contains("--wait"));
+}
+
+#[test]
+fn source_ip_and_nat_mode() {
+    let lab = Lab::new();
+    // --source-ip: sent from that address, and it names that address.
+    let r = lab.client(&["lo", "ssh", "--source-ip", "127.0.0.2"]);
+    assert!(r.ok, "{r:?}");
+    let mut buf = [0u8; 2048];
+    let (n, from) = lab.udp.recv_from(&mut buf).unwrap();
+    assert_eq!(from.ip().to_string(), "127.0.0.2");
+    let req = lab.open_from("127.0.0.2", false, &buf[..n]).unwrap();
+    assert_eq!(req.open_addr(), OpenAddr::Ip("127.0.0.2".parse().unwrap()));
+    assert_eq!(
+        lab.open_from("127.0.0.1", false, &buf[..n]),
+        Err(Reject::AddressMismatch)
+    );
+    // --nat: the address it arrives from, only for users allowed NAT mode.
+    let r = lab.client(&["lo", "ssh", "--nat"]);
+    assert!(r.ok && r.stdout.contains("NAT mode"), "{r:?}");
+    let got = lab.datagrams();
+    assert_eq!(
+        lab.open_from("127.0.0.1", true, &got[0])
+            .unwrap()
+            .open_addr(),
+        OpenAddr::FromPacket
+    );
+    assert_eq!(
+        lab.open_from("127.0.0.1", false, &got[0]),
+        Err(Reject::NatNotAllowed)
+    );
+    assert!(
+        lab.client(&["lo", "ssh", "--nat", "--source-ip", "127.0.0.2"])
+            .code
+            == Some(2),
+        "they conflict"
+    );
 }
