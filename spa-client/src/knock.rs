@@ -185,18 +185,22 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
     };
     let request = Request::new(action, open, target.ip(), &access, duration_s)
         .map_err(|e| usage(e.to_string()))?;
-    let now_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let knock = seal(
-        server.secret(&profile),
-        &server.card.key,
-        server.psk.as_ref(),
-        &request,
-        now_ms,
-        &mut OsRng,
-    )
-    .map_err(|e| usage(e.to_string()))?;
+    // Every knock, the first and a re-send, is sealed afresh at the current time.
+    let seal_now = || {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        seal(
+            server.secret(&profile),
+            &server.card.key,
+            server.psk.as_ref(),
+            &request,
+            now_ms,
+            &mut OsRng,
+        )
+        .map_err(|e| usage(e.to_string()))
+    };
+    let knock = seal_now()?;
     let what: Vec<String> = access.iter().map(Access::to_string).collect();
     let opened = match open {
         OpenAddr::Ip(ip) => ip.to_string(),
@@ -246,21 +250,7 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             .ok_or_else(|| usage("--wait and --proxy need a tcp service"))?
             .port();
         let service = SocketAddr::new(target.ip(), port);
-        let resend = || {
-            let now_ms = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let again = seal(
-                server.secret(&profile),
-                &server.card.key,
-                server.psk.as_ref(),
-                &request,
-                now_ms,
-                &mut OsRng,
-            )
-            .map_err(|e| usage(e.to_string()))?;
-            send_one(&socket, &again, target)
-        };
+        let resend = || send_one(&socket, &seal_now()?, target);
         let stream = wait_open(service, timeout, resend)?;
         if cli.proxy {
             return relay(stream);
