@@ -17,8 +17,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 # The end-to-end tests run the real binaries: build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 echo "== mutation run"
 cargo run --release --locked -q -p spa-proto --example mutate -- --count "${MUTATIONS:-200000}"
 echo "== benchmarks compile"
-cargo bench --locked --workspace --no-run -q 2>&1 | grep -v '^ *Executable' || true
+cargo bench --locked --workspace --no-run -q
+# One closing line with the totals of every test suite above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
