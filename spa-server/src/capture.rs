@@ -125,38 +125,31 @@ impl PacketSocket {
         Ok(Self { fd })
     }
 
-    /// Receives up to `bufs.len()` frames with one recvmmsg(2) call (blocking for the
-    /// first until the read timeout). Frames this host sent are reported with `len` 0.
-    pub fn recv_batch(&self, bufs: &mut [Vec<u8>], infos: &mut Vec<FrameInfo>) -> io::Result<()> {
-        infos.clear();
-        let n = bufs.len();
-        // SAFETY: zeroed sockaddr_ll/iovec/mmsghdr are valid; each points into a live
-        // buffer below for the duration of the call.
-        let mut addrs: Vec<libc::sockaddr_ll> = vec![unsafe { zeroed() }; n];
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = (0..n)
-            .map(|i| {
-                // SAFETY: an all-zero mmsghdr is valid; we set the pointers we use.
-                let mut m: libc::mmsghdr = unsafe { zeroed() };
-                m.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_ll).cast();
-                m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                m.msg_hdr.msg_iov = &mut iovs[i];
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        // SAFETY: `msgs` holds `n` valid headers whose buffers outlive the call.
-        // MSG_WAITFORONE: block for the first frame only, then take what is queued.
+    /// Receives up to a batch's worth of frames with one recvmmsg(2) call (blocking for
+    /// the first until the read timeout). Frames this host sent are reported with `len` 0.
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        batch.infos.clear();
+        let n = batch.bufs.len();
+        // Re-point the headers at the batch's own buffers: no allocation per call.
+        for i in 0..n {
+            batch.iovs[i] = libc::iovec {
+                iov_base: batch.bufs[i].as_mut_ptr().cast(),
+                iov_len: batch.bufs[i].len(),
+            };
+            // SAFETY: an all-zero mmsghdr is valid; we set the pointers we use.
+            let mut m: libc::mmsghdr = unsafe { zeroed() };
+            m.msg_hdr.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_ll).cast();
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = &mut batch.iovs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            batch.msgs[i] = m;
+        }
+        // SAFETY: `msgs` holds `n` valid headers pointing into `batch`, which outlives the
+        // call. MSG_WAITFORONE: block for the first frame only, then take what is queued.
         let got = unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
+                batch.msgs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
@@ -172,19 +165,50 @@ impl PacketSocket {
             };
         }
         for i in 0..got as usize {
-            let sll = &addrs[i];
+            let sll = &batch.addrs[i];
             let len = if sll.sll_pkttype == PACKET_OUTGOING {
                 0
             } else {
-                msgs[i].msg_len as usize
+                batch.msgs[i].msg_len as usize
             };
-            infos.push(FrameInfo {
+            batch.infos.push(FrameInfo {
                 len,
                 ethertype: u16::from_be(sll.sll_protocol),
                 ifindex: sll.sll_ifindex,
             });
         }
         Ok(())
+    }
+}
+
+/// The buffers and headers of one recvmmsg call, allocated once per capture thread.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_ll>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    infos: Vec<FrameInfo>,
+}
+
+impl RecvBatch {
+    /// Room for `frames` frames of up to `frame_len` bytes each.
+    pub fn new(frames: usize, frame_len: usize) -> Self {
+        Self {
+            bufs: vec![vec![0u8; frame_len]; frames],
+            // SAFETY: all-zero sockaddr_ll, iovec and mmsghdr are valid values.
+            addrs: vec![unsafe { zeroed() }; frames],
+            iovs: vec![unsafe { zeroed() }; frames],
+            msgs: vec![unsafe { zeroed() }; frames],
+            infos: Vec::with_capacity(frames),
+        }
+    }
+
+    /// The frames the last call received (a frame longer than a buffer is cut to it).
+    pub fn frames(&self) -> impl Iterator<Item = (&FrameInfo, &[u8])> {
+        self.infos
+            .iter()
+            .zip(&self.bufs)
+            .map(|(info, buf)| (info, &buf[..info.len.min(buf.len())]))
     }
 }
 

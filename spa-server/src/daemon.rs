@@ -212,19 +212,17 @@ pub fn capture_worker(
     stop: Arc<AtomicBool>,
 ) {
     // Knocks are 242 bytes; a frame longer than a buffer is dropped as truncated.
-    let mut bufs = vec![vec![0u8; 2048]; 64];
-    let mut infos = Vec::with_capacity(64);
+    let mut batch = crate::capture::RecvBatch::new(64, 2048);
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = socket.recv_batch(&mut bufs, &mut infos) {
+        if let Err(e) = socket.recv_batch(&mut batch) {
             tracing::error!(error = %e, "capture failed");
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        for (info, buf) in infos.iter().zip(&bufs) {
+        for (info, frame) in batch.frames() {
             if info.len == 0 || (!interfaces.is_empty() && !interfaces.contains(&info.ifindex)) {
                 continue;
             }
-            let frame = &buf[..info.len.min(buf.len())];
             if !handle(&pipeline, &grants, info.ethertype, frame) {
                 return;
             }
