@@ -44,6 +44,26 @@ struct ConfigFile {
     firewall: FirewallFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    audit: AuditFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuditFile {
+    rotate_size_mib: u64,
+    aggregate_interval: String,
+    rejects_per_key: u32,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            rotate_size_mib: 64,
+            aggregate_interval: "60s".into(),
+            rejects_per_key: 10,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -153,6 +173,12 @@ pub struct ServerConfig {
     pub per_source_per_sec: f64,
     /// Diffie-Hellman operations per second, all sources together.
     pub dh_per_sec: u32,
+    /// The audit log file is rotated when it grows past this many bytes.
+    pub audit_rotate_bytes: u64,
+    /// Pre-authentication rejects are summed over this interval, one record per reason.
+    pub audit_interval: Duration,
+    /// Authenticated rejects recorded one by one per key and interval; more are summed.
+    pub audit_rejects_per_key: u32,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -238,6 +264,21 @@ impl ServerConfig {
                 "limits: per_source_burst, per_source_per_sec and dh_per_sec must be positive",
             ));
         }
+        let a = &file.audit;
+        let audit_interval = parse_duration(&a.aggregate_interval)
+            .map_err(|e| invalid("aggregate_interval", e.to_string()))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&audit_interval) {
+            return Err(invalid(
+                "aggregate_interval",
+                "must be between 1s and 1h".into(),
+            ));
+        }
+        if !(1..=1 << 20).contains(&a.rotate_size_mib) {
+            return Err(invalid(
+                "rotate_size_mib",
+                "must be between 1 and 1048576".into(),
+            ));
+        }
         let mut previous_keys = Vec::new();
         for p in file.previous_keys {
             let until = humantime::parse_rfc3339_weak(&p.accept_until).map_err(|_| {
@@ -269,6 +310,9 @@ impl ServerConfig {
             per_source_burst: file.limits.per_source_burst,
             per_source_per_sec: file.limits.per_source_per_sec,
             dh_per_sec: file.limits.dh_per_sec,
+            audit_rotate_bytes: file.audit.rotate_size_mib << 20,
+            audit_interval,
+            audit_rejects_per_key: file.audit.rejects_per_key,
         })
     }
 
@@ -415,6 +459,17 @@ forward = false
 per_source_burst = 20
 per_source_per_sec = 5.0
 dh_per_sec = 20000
+
+[audit]
+# The log (audit_dir/audit.jsonl) is rotated when it grows past this size; the MAC chain
+# continues across files. `spa-server audit --verify` checks it.
+rotate_size_mib = 64
+# Rejects before authentication (junk, bad mac1, unknown key, rate limited) are summed per
+# reason over this interval, so a flood cannot grow the log.
+aggregate_interval = "60s"
+# Authenticated rejects (a replay, a revoked key) are recorded one by one up to this many
+# per key and interval, and summed beyond.
+rejects_per_key = 10
 "#,
         config = config.display(),
         lo = PORT_RANGE.start(),

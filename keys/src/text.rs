@@ -8,6 +8,7 @@
 //! | server secret key | `SPA-SERVER-SECRET-KEY-1…` |
 //! | client secret key | `SPA-CLIENT-SECRET-KEY-1…` |
 //! | pre-shared key | `SPA-PSK-1…` |
+//! | audit chain key | `SPA-AUDIT-KEY-1…` |
 
 use bech32::{Bech32, Hrp};
 use spa_proto::{ClientPublic, ClientSecret, Psk, ServerPublic, ServerSecret};
@@ -26,15 +27,18 @@ pub enum KeyKind {
     ClientSecret,
     /// `SPA-PSK-1…`
     Psk,
+    /// `SPA-AUDIT-KEY-1…`
+    AuditKey,
 }
 
 impl KeyKind {
-    const ALL: [KeyKind; 5] = [
+    const ALL: [KeyKind; 6] = [
         KeyKind::ServerPublic,
         KeyKind::ClientPublic,
         KeyKind::ServerSecret,
         KeyKind::ClientSecret,
         KeyKind::Psk,
+        KeyKind::AuditKey,
     ];
     /// The bech32 human-readable part (lower case).
     pub const fn hrp(self) -> &'static str {
@@ -44,12 +48,13 @@ impl KeyKind {
             KeyKind::ServerSecret => "spa-server-secret-key-",
             KeyKind::ClientSecret => "spa-client-secret-key-",
             KeyKind::Psk => "spa-psk-",
+            KeyKind::AuditKey => "spa-audit-key-",
         }
     }
     const fn is_secret(self) -> bool {
         matches!(
             self,
-            KeyKind::ServerSecret | KeyKind::ClientSecret | KeyKind::Psk
+            KeyKind::ServerSecret | KeyKind::ClientSecret | KeyKind::Psk | KeyKind::AuditKey
         )
     }
     /// What a person calls it.
@@ -60,6 +65,7 @@ impl KeyKind {
             KeyKind::ServerSecret => "a server secret key (SPA-SERVER-SECRET-KEY-1…)",
             KeyKind::ClientSecret => "a client secret key (SPA-CLIENT-SECRET-KEY-1…)",
             KeyKind::Psk => "a pre-shared key (SPA-PSK-1…)",
+            KeyKind::AuditKey => "an audit chain key (SPA-AUDIT-KEY-1…)",
         }
     }
 }
@@ -170,6 +176,42 @@ key_text!(
     |k| Zeroizing::new(*k.as_bytes()),
     Psk::from_bytes
 );
+
+key_text!(
+    AuditKey,
+    KeyKind::AuditKey,
+    |k| Zeroizing::new(*k.expose_secret()),
+    AuditKey::from_bytes
+);
+
+/// The first key of an audit log's MAC chain (see `spa-server audit`). The daemon evolves
+/// it after every record and forgets the old one; the admin keeps this first one off the
+/// host to verify the whole chain. Never printed by `Debug`.
+#[derive(Clone)]
+pub struct AuditKey(Zeroizing<[u8; 32]>);
+
+impl AuditKey {
+    /// A fresh random key.
+    pub fn generate(rng: &mut impl rand_core::CryptoRngCore) -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(k.as_mut());
+        Self(k)
+    }
+    /// From raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+    /// The raw bytes (for the MAC chain only).
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("AuditKey(<secret>)")
+    }
+}
 
 /// Parses a public key and refuses non-canonical encodings (one key, one text).
 pub fn parse_public<K: KeyText + CanonicalCheck>(text: &str) -> Result<K, KeyTextError> {

@@ -7,15 +7,16 @@ use std::time::SystemTime;
 use rand::rngs::OsRng;
 use serde_json::json;
 use spa_keys::card::{split_endpoint, Card};
+use spa_keys::fsutil;
 use spa_keys::profile::{Profile, ServerEntry};
 use spa_keys::server::{self, ServerConfig};
 use spa_keys::services::{format_duration, name_of, parse_access_list, parse_duration};
-use spa_keys::text::public_text;
+use spa_keys::text::{public_text, AuditKey, KeyText};
 use spa_keys::users::{User, UserKey, Users};
 use spa_keys::{Error, Result};
 use spa_proto::{Access, ClientPublic, Psk};
 
-use crate::cli::{Cli, Command, FirewallCommand, PolicyArgs, UserCommand};
+use crate::cli::{AuditArgs, Cli, Command, FirewallCommand, PolicyArgs, UserCommand};
 
 fn io(e: std::io::Error) -> Error {
     Error::io(std::path::Path::new("<stdout>"), e)
@@ -24,17 +25,43 @@ fn io(e: std::io::Error) -> Error {
 /// Runs one parsed command.
 pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
     match &cli.command {
-        Command::Init { dir, port } => {
+        Command::Init {
+            dir,
+            port,
+            audit_key_out,
+        } => {
+            let key_out = audit_key_out
+                .clone()
+                .unwrap_or_else(|| dir.join("audit-verify.key"));
+            if key_out.exists() {
+                return Err(Error::Exists(key_out));
+            }
             let r = server::init(dir, *port, &mut OsRng)?;
+            let config = ServerConfig::load(&r.config)?;
+            let audit_key = AuditKey::generate(&mut OsRng);
+            fsutil::create_secret(
+                &key_out,
+                &format!(
+                    "# The first key of the spa audit log's MAC chain ({}).\n\
+                     # Keep it OFF the server: `spa-server audit --verify --key FILE` needs it.\n{}\n",
+                    config.audit_dir.display(),
+                    *audit_key.to_text()
+                ),
+            )?;
+            crate::audit::log::create_chain(&config.audit_dir, &audit_key)
+                .map_err(|e| Error::Usage(e.to_string()))?;
             writeln!(
                 out,
-                "created {} (config), {} (secret key, 0600), {} (users)\nSPA port: udp/{}\nserver public key: {}\n\
+                "created {} (config), {} (secret key, 0600), {} (users), {} (audit log)\nSPA port: udp/{}\nserver public key: {}\n\
+                 audit chain key: {} (0600) -- move it off this host; `spa-server audit --verify --key FILE` needs it\n\
                  next: spa-server card --config {} --endpoint HOST",
                 r.config.display(),
                 r.key_file.display(),
                 r.users_file.display(),
+                config.audit_dir.display(),
                 r.port,
                 public_text(&r.public),
+                key_out.display(),
                 r.config.display()
             )
             .map_err(io)
@@ -87,6 +114,7 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             .map_err(io)
         }
         Command::User(cmd) => user(cli, cmd, out),
+        Command::Audit(args) => audit(cli, args, out),
         Command::Run => Err(Error::Usage("run is handled by the command line".into())),
         Command::GenerateDocs { dir } => {
             crate::cli::generate_docs(dir).map_err(|e| Error::io(dir, e))?;
@@ -98,6 +126,139 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             writeln!(out, "removed table inet {}", config.table).map_err(io)
         }
     }
+}
+
+/// `--since`/`--until`: a duration ago, a date, or an RFC 3339 time.
+fn parse_when(text: &str, now: SystemTime) -> Result<SystemTime> {
+    if let Ok(d) = humantime::parse_duration(text.trim()) {
+        return Ok(now - d);
+    }
+    let t = text.trim();
+    let full = if t.len() == 10 {
+        format!("{t}T00:00:00Z")
+    } else {
+        t.to_owned()
+    };
+    humantime::parse_rfc3339_weak(&full).map_err(|_| {
+        Error::Usage(format!(
+            "{:?} is neither a duration (1h, 2d) nor a time (2026-11-23, 2026-11-23T10:00:00Z)",
+            t.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+fn audit(cli: &Cli, args: &AuditArgs, out: &mut impl Write) -> Result<()> {
+    use crate::audit::read;
+    let config = ServerConfig::load(&cli.config)?;
+    let dir = &config.audit_dir;
+    let usage = |e: crate::audit::AuditError| Error::Usage(e.to_string());
+    if args.verify {
+        let key_file = args.key.as_ref().expect("clap requires --key");
+        let text = fsutil::read_secret(key_file)?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| Error::invalid(key_file, None, "no key in the file"))?;
+        let key =
+            AuditKey::from_text(line).map_err(|e| Error::invalid(key_file, None, e.to_string()))?;
+        let head = match &args.head {
+            None => None,
+            Some(h) => {
+                let (seq, mac) = h
+                    .split_once(':')
+                    .and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m)))
+                    .filter(|(_, m)| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| {
+                        Error::Usage("--head: expected SEQ:MAC as the daemon logs it".into())
+                    })?;
+                Some((seq, mac))
+            }
+        };
+        return match read::verify(dir, &key, head) {
+            Ok(v) => {
+                let head = v
+                    .head
+                    .map_or("empty".into(), |(s, m)| format!("head {s}:{m}"));
+                writeln!(
+                    out,
+                    "{}: ok, {} records in {} files, chain intact; {head}",
+                    dir.display(),
+                    v.records,
+                    v.files
+                )
+                .map_err(io)
+            }
+            Err(e) => Err(Error::Usage(format!("audit log TAMPERED or damaged: {e}"))),
+        };
+    }
+    let now = SystemTime::now();
+    let filter = read::Filter {
+        user: args.user.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(|t| parse_when(t, now))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|t| parse_when(t, now))
+            .transpose()?,
+        decision: args
+            .decision
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| Error::Usage(format!("--decision: {e}")))?,
+        reason: args.reason.clone(),
+        source: args.source,
+    };
+    if let Some(r) = &filter.reason {
+        let known = spa_proto::Reject::ALL
+            .iter()
+            .map(|x| x.code())
+            .chain(crate::packet::Drop::ALL.iter().map(|d| d.code()));
+        if !known.clone().any(|c| c == r) {
+            let names: Vec<_> = known.collect();
+            return Err(Error::Usage(format!(
+                "--reason: unknown reason (one of {})",
+                names.join(", ")
+            )));
+        }
+    }
+    if !args.json {
+        writeln!(out, "{}", read::header()).map_err(io)?;
+    }
+    let mut bad = 0usize;
+    let mut print = |r: std::result::Result<crate::audit::Record, String>| -> std::io::Result<()> {
+        match r {
+            Ok(r) if filter.matches(&r) => {
+                if args.json {
+                    writeln!(out, "{}", serde_json::to_string(&r)?)
+                } else {
+                    writeln!(out, "{}", read::row(&r))
+                }?;
+                out.flush()
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                bad += 1;
+                eprintln!("spa-server: {e}");
+                Ok(())
+            }
+        }
+    };
+    read::for_each(dir, &mut print).map_err(usage)?;
+    if args.follow {
+        read::follow(dir, || false, &mut print).map_err(usage)?;
+    }
+    if bad > 0 {
+        return Err(Error::Usage(format!(
+            "{bad} lines are not audit records; run `spa-server audit --verify --key FILE`"
+        )));
+    }
+    Ok(())
 }
 
 fn card(config: &ServerConfig, endpoint: &str) -> Result<Card> {

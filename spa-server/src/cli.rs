@@ -30,6 +30,10 @@ pub enum Command {
         /// The SPA port (default: random, 10000-32767).
         #[arg(long)]
         port: Option<u16>,
+        /// Where to write the audit log's first chain key (0600; default DIR/audit-verify.key).
+        /// Keep it off this host: `spa-server audit --verify --key FILE` needs it.
+        #[arg(long, value_name = "FILE")]
+        audit_key_out: Option<PathBuf>,
     },
     /// Print the server's card (public key, address, port) for clients.
     Card {
@@ -58,6 +62,8 @@ pub enum Command {
     User(UserCommand),
     /// Run the daemon in the foreground (logs to stderr).
     Run,
+    /// Query the audit log (a table, or JSON lines), or verify its MAC chain.
+    Audit(AuditArgs),
     /// Manage our nftables table.
     #[command(subcommand)]
     Firewall(FirewallCommand),
@@ -67,6 +73,44 @@ pub enum Command {
         /// Output directory (created if missing).
         dir: PathBuf,
     },
+}
+
+/// `spa-server audit ...`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this user's records.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Only records at or after: a duration ago (1h, 2d) or a time (2026-11-23, RFC 3339).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only records before: a duration ago or a time.
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only this decision: granted, refreshed, closed, expired, rejected, failed, started, stopped.
+    #[arg(long, value_name = "DECISION")]
+    pub decision: Option<String>,
+    /// Only this reject reason (e.g. replay, stale, bad_mac1).
+    #[arg(long, value_name = "REASON")]
+    pub reason: Option<String>,
+    /// Only records naming this address (source, opened address, or a summary's source).
+    #[arg(long, value_name = "ADDR")]
+    pub source: Option<std::net::IpAddr>,
+    /// Keep printing new records as they are written.
+    #[arg(long, conflicts_with = "verify")]
+    pub follow: bool,
+    /// JSON lines (one record per line) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Check the whole MAC chain; exits non-zero naming the first bad record.
+    #[arg(long, requires = "key")]
+    pub verify: bool,
+    /// The chain's first key (SPA-AUDIT-KEY-1..., written by `init`), for --verify.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// A head the daemon logged ("audit head SEQ:MAC"): the log must reach it.
+    #[arg(long, value_name = "SEQ:MAC", requires = "verify")]
+    pub head: Option<String>,
 }
 
 /// `spa-server firewall ...`

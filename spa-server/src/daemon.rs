@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use spa_proto::{Access, Action};
 
+use crate::audit::{self, Auditor, Decision, Record, Tally};
 use crate::pipeline::{Grant, Outcome, Pipeline};
 
 /// One change to the grant sets.
@@ -97,6 +98,11 @@ impl GrantTimers {
             .collect()
     }
 
+    /// Whether `addr` · `access` is open (as far as this daemon knows).
+    pub fn is_open(&self, addr: IpAddr, access: Access) -> bool {
+        self.by_grant.contains_key(&(addr, access))
+    }
+
     /// Grants open now: (user, address, access, time left).
     pub fn open(&self, now: Instant) -> Vec<(Arc<str>, IpAddr, Access, Duration)> {
         self.due
@@ -113,16 +119,18 @@ impl GrantTimers {
 /// worker counts a queued grant as done only after applying it, under the lock.
 pub struct GateHandle {
     state: std::sync::Mutex<(Box<dyn Gate>, GrantTimers)>,
+    audit: Arc<Auditor>,
     queued: std::sync::atomic::AtomicUsize,
     tx: std::sync::Mutex<Option<Sender<Grant>>>,
 }
 
 impl GateHandle {
-    /// A handle over `gate`, and the receiver its worker drains.
-    pub fn new(gate: Box<dyn Gate>) -> (Arc<Self>, Receiver<Grant>) {
+    /// A handle over `gate`, recording to `audit`, and the receiver its worker drains.
+    pub fn new(gate: Box<dyn Gate>, audit: Arc<Auditor>) -> (Arc<Self>, Receiver<Grant>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let h = Self {
             state: std::sync::Mutex::new((gate, GrantTimers::default())),
+            audit,
             queued: std::sync::atomic::AtomicUsize::new(0),
             tx: std::sync::Mutex::new(Some(tx)),
         };
@@ -135,7 +143,7 @@ impl GateHandle {
             if let Ok(mut st) = self.state.try_lock() {
                 if self.queued.load(Ordering::SeqCst) == 0 {
                     let (gate, timers) = &mut *st;
-                    apply_batch(gate.as_mut(), timers, &[g]);
+                    apply_batch(gate.as_mut(), timers, &self.audit, &[g]);
                     return true;
                 }
             }
@@ -151,7 +159,45 @@ impl GateHandle {
     }
 }
 
-fn apply_batch(gate: &mut dyn Gate, timers: &mut GrantTimers, batch: &[Grant]) {
+/// The audit record of an accepted knock, written before the firewall changes.
+fn grant_record(g: &Grant, refreshed: bool, now: SystemTime) -> Record {
+    let decision = match g.action {
+        Action::Close => Decision::Closed,
+        Action::Open if refreshed => Decision::Refreshed,
+        Action::Open => Decision::Granted,
+    };
+    let mut r = Record::new(decision, now);
+    r.user = Some(g.user.to_string());
+    r.key = Some(g.key.to_string());
+    r.src = Some(g.src);
+    r.addr = Some(g.addr);
+    r.requested = Some(audit::access_list(g.request.access()));
+    if g.action == Action::Open {
+        r.granted = Some(audit::access_list(&g.access));
+        r.requested_s = Some(g.request.duration_s());
+        r.duration_s = Some(g.duration_s);
+        r.until = Some(
+            humantime::format_rfc3339_millis(now + Duration::from_secs(u64::from(g.duration_s)))
+                .to_string(),
+        );
+    }
+    r
+}
+
+fn apply_batch(gate: &mut dyn Gate, timers: &mut GrantTimers, audit: &Auditor, batch: &[Grant]) {
+    // Record first (write(2)): if the record cannot be written, nothing opens.
+    let now = SystemTime::now();
+    let mut records: Vec<Record> = batch
+        .iter()
+        .map(|g| {
+            let refreshed = g.access.iter().any(|&a| timers.is_open(g.addr, a));
+            grant_record(g, refreshed, now)
+        })
+        .collect();
+    if let Err(e) = audit.write(&mut records) {
+        tracing::error!(error = %e, grants = batch.len(), "audit log not written; knocks refused, nothing opened (fail closed)");
+        return;
+    }
     let changes = timers.changes(batch, Instant::now());
     let applying = Instant::now();
     match gate.apply(&changes) {
@@ -174,7 +220,19 @@ fn apply_batch(gate: &mut dyn Gate, timers: &mut GrantTimers, batch: &[Grant]) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened")
+            tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened");
+            let mut failed: Vec<Record> = batch
+                .iter()
+                .map(|g| {
+                    let mut r = grant_record(g, false, now);
+                    r.decision = Decision::Failed;
+                    r.error = Some(format!("firewall update failed: {e}"));
+                    r
+                })
+                .collect();
+            if let Err(e) = audit.write(&mut failed) {
+                tracing::error!(error = %e, "audit log not written");
+            }
         }
     }
 }
@@ -193,11 +251,29 @@ pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
         if let Some(first) = first {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(1023));
-            apply_batch(gate.as_mut(), timers, &batch);
+            apply_batch(gate.as_mut(), timers, &handle.audit, &batch);
             handle.queued.fetch_sub(batch.len(), Ordering::SeqCst);
         }
-        for (user, addr, access) in timers.expired(Instant::now()) {
-            tracing::info!(decision = "expired", user = %user, addr = %addr, access = %access, "grant expired");
+        let expired = timers.expired(Instant::now());
+        drop(st);
+        let now = SystemTime::now();
+        let mut records: Vec<Record> = expired
+            .into_iter()
+            .map(|(user, addr, access)| {
+                tracing::info!(decision = "expired", user = %user, addr = %addr, access = %access, "grant expired");
+                let mut r = Record::new(Decision::Expired, now);
+                r.user = Some(user.to_string());
+                r.addr = Some(addr);
+                r.granted = Some(vec![access.to_string()]);
+                r
+            })
+            .collect();
+        if let Err(e) = handle
+            .audit
+            .write(&mut records)
+            .and_then(|()| handle.audit.tick(now, false))
+        {
+            tracing::error!(error = %e, "audit log not written");
         }
     }
 }
@@ -213,6 +289,10 @@ pub fn capture_worker(
 ) {
     // Knocks are 242 bytes; a frame longer than a buffer is dropped as truncated.
     let mut batch = crate::capture::RecvBatch::new(64, 2048);
+    // Rejects before authentication are counted here, without a lock, and handed to the
+    // audit summaries about once a second.
+    let mut tally = Tally::default();
+    let mut merged = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = socket.recv_batch(&mut batch) {
             tracing::error!(error = %e, "capture failed");
@@ -223,11 +303,16 @@ pub fn capture_worker(
             if info.len == 0 || (!interfaces.is_empty() && !interfaces.contains(&info.ifindex)) {
                 continue;
             }
-            if !handle(&pipeline, &grants, info.ethertype, frame) {
+            if !handle(&pipeline, &grants, &mut tally, info.ethertype, frame) {
                 return;
             }
         }
+        if merged.elapsed() >= Duration::from_secs(1) {
+            grants.audit.merge(&mut tally);
+            merged = Instant::now();
+        }
     }
+    grants.audit.merge(&mut tally);
 }
 
 /// At most this many reject lines per second; the rest are counted and summarised, so
@@ -258,29 +343,88 @@ fn reject_line_allowed(now: SystemTime) -> bool {
 }
 
 /// One frame through the pipeline; false when the gate worker is gone.
-fn handle(pipeline: &Pipeline, grants: &GateHandle, ethertype: u16, frame: &[u8]) -> bool {
-    match pipeline.handle_frame(ethertype, frame, SystemTime::now()) {
-        Outcome::Granted(g) => return grants.submit(g),
-        Outcome::Rejected {
-            reason,
-            user,
-            key,
-            src,
-        } if reject_line_allowed(SystemTime::now()) => {
-            let skew = match reason {
-                spa_proto::Reject::Stale { skew_ms } | spa_proto::Reject::Future { skew_ms } => {
-                    Some(skew_ms)
-                }
-                _ => None,
-            };
-            tracing::warn!(decision = "rejected", reason = reason.code(), user = %user, key = %key, src = %src, skew_ms = ?skew, "knock refused");
+fn handle(
+    pipeline: &Pipeline,
+    grants: &GateHandle,
+    tally: &mut Tally,
+    ethertype: u16,
+    frame: &[u8],
+) -> bool {
+    let now = SystemTime::now();
+    match pipeline.handle_frame_from(ethertype, frame, now) {
+        (_, Outcome::Granted(g)) => return grants.submit(g),
+        (
+            _,
+            Outcome::Rejected {
+                reason,
+                user,
+                key,
+                src,
+                request,
+            },
+        ) => {
+            if let Err(e) = grants
+                .audit
+                .rejected(&reason, &user, key, src, request.as_ref(), now)
+            {
+                tracing::error!(error = %e, "audit log not written");
+            }
+            if reject_line_allowed(now) {
+                let skew = audit::skew_of(&reason);
+                tracing::warn!(decision = "rejected", reason = reason.code(), user = %user, key = %key, src = %src, skew_ms = ?skew, "knock refused");
+            }
         }
-        Outcome::Failed(e) => {
+        (_, Outcome::Failed(e)) => {
             tracing::error!(error = %e, "replay state not written; knock refused (fail closed)")
         }
-        Outcome::Rejected { .. } | Outcome::Dropped(_) | Outcome::PreAuth(_) => {}
+        (src, Outcome::PreAuth(reason)) => tally.add(reason.code(), None, src),
+        (src, Outcome::Dropped(drop)) => tally.add(drop.code(), None, src),
     }
     true
+}
+
+/// How often the daemon logs the audit log's head (when it moved).
+pub const AUDIT_ANCHOR_EVERY: Duration = Duration::from_secs(60);
+
+fn log_head(head: &Option<(u64, String)>) {
+    if let Some((seq, mac)) = head {
+        tracing::info!(
+            audit_head = %format!("{seq}:{mac}"),
+            "audit head (keep it: `spa-server audit --verify --head` detects a log cut off before it)"
+        );
+    }
+}
+
+/// Opens the audit log and records the start; refuses to run without it (fail closed).
+fn open_audit(config: &spa_keys::server::ServerConfig) -> Result<Auditor, String> {
+    let now = SystemTime::now();
+    let (audit, report) = Auditor::open(
+        &config.audit_dir,
+        config.audit_rotate_bytes,
+        config.audit_interval,
+        config.audit_rejects_per_key,
+        now,
+    )
+    .map_err(|e| format!("audit log: {e}"))?;
+    if report.torn_bytes > 0 {
+        tracing::warn!(
+            bytes = report.torn_bytes,
+            "audit log: a torn last line (crash mid-write) was cut off"
+        );
+    }
+    if report.missing > 0 {
+        tracing::error!(records = report.missing, "audit log: records the chain state counts are missing (the log was cut off); `spa-server audit --verify` will report it");
+    }
+    if report.tail_mismatch {
+        tracing::error!("audit log: the last record does not match the chain key (altered?); `spa-server audit --verify` will report it");
+    }
+    let mut started = [Record::new(Decision::Started, now)];
+    audit
+        .write(&mut started)
+        .and_then(|()| audit.flush())
+        .map_err(|e| format!("audit log: {e}"))?;
+    log_head(&audit.head());
+    Ok(audit)
 }
 
 /// `spa-server run`: everything until SIGTERM/SIGINT. The firewall table stays in place
@@ -307,6 +451,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         ReplayStore::open(&config.state_dir)
             .map_err(|e| format!("replay state {}: {e}", config.state_dir.display()))?,
     );
+    let audit = Arc::new(open_audit(config)?);
     let table = TableConfig {
         table: config.table.clone(),
         spa_port: config.port,
@@ -346,7 +491,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("opening the capture socket: {e}"))?;
     let netlink = NetlinkGate::open(&table.table).map_err(|e| format!("netlink socket: {e}"))?;
-    let (handle, rx) = GateHandle::new(Box::new(netlink));
+    let (handle, rx) = GateHandle::new(Box::new(netlink), audit.clone());
     let gate = {
         let handle = handle.clone();
         std::thread::Builder::new()
@@ -367,12 +512,24 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         })
     };
     let flusher = {
-        let (replay, stop) = (replay.clone(), stop.clone());
+        let (replay, audit, stop) = (replay.clone(), audit.clone(), stop.clone());
         std::thread::spawn(move || {
+            let mut anchored = (Instant::now(), None);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
                 if let Err(e) = replay.flush() {
                     tracing::error!(error = %e, "replay log fdatasync failed");
+                }
+                if let Err(e) = audit.flush() {
+                    tracing::error!(error = %e, "audit log fdatasync failed");
+                }
+                // The external anchor: the head, to the journal, once a minute if it moved.
+                if anchored.0.elapsed() >= AUDIT_ANCHOR_EVERY {
+                    let head = audit.head();
+                    if head.is_some() && head != anchored.1 {
+                        log_head(&head);
+                    }
+                    anchored = (Instant::now(), head);
                 }
             }
         })
@@ -411,6 +568,14 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     replay
         .flush()
         .map_err(|e| format!("final replay flush: {e}"))?;
+    let now = SystemTime::now();
+    let mut stopped = [Record::new(Decision::Stopped, now)];
+    audit
+        .tick(now, true)
+        .and_then(|()| audit.write(&mut stopped))
+        .and_then(|()| audit.flush())
+        .map_err(|e| format!("final audit flush: {e}"))?;
+    log_head(&audit.head());
     tracing::info!(counters = ?pipeline.counters.snapshot(), "spa-server stopped; table inet {} left in place", config.table);
     Ok(())
 }
@@ -428,9 +593,82 @@ mod tests {
             addr: "192.0.2.1".parse().unwrap(),
             access: vec![Access::tcp(port).unwrap()],
             duration_s: secs,
+            request: spa_proto::Request::new(
+                action,
+                spa_proto::OpenAddr::Ip("192.0.2.1".parse().unwrap()),
+                "192.0.2.100".parse().unwrap(),
+                &[Access::tcp(port).unwrap()],
+                secs,
+            )
+            .unwrap(),
             knock_id: [0; 16],
             received: Instant::now(),
         }
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeGate(Arc<std::sync::Mutex<Vec<GateChange>>>);
+
+    impl Gate for FakeGate {
+        fn apply(&mut self, changes: &[GateChange]) -> std::io::Result<()> {
+            self.0.lock().unwrap().extend_from_slice(changes);
+            Ok(())
+        }
+    }
+
+    fn auditor(dir: &std::path::Path, rotate_bytes: u64) -> Arc<Auditor> {
+        let key = spa_keys::text::AuditKey::from_bytes([5; 32]);
+        crate::audit::log::create_chain(dir, &key).unwrap();
+        let (a, _) = Auditor::open(
+            dir,
+            rotate_bytes,
+            Duration::from_secs(60),
+            10,
+            SystemTime::now(),
+        )
+        .unwrap();
+        Arc::new(a)
+    }
+
+    fn decisions(dir: &std::path::Path) -> Vec<Decision> {
+        let mut out = Vec::new();
+        crate::audit::read::for_each(dir, |r| {
+            out.push(r.unwrap().decision);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_grant_is_recorded_before_the_gate_and_nothing_opens_without_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let gate = FakeGate::default();
+        let (h, _rx) = GateHandle::new(Box::new(gate.clone()), auditor(&dir, 1 << 20));
+        assert!(h.submit(grant(Action::Open, 22, 30)));
+        assert!(h.submit(grant(Action::Open, 22, 30)));
+        assert!(h.submit(grant(Action::Close, 22, 0)));
+        assert_eq!(
+            decisions(&dir),
+            [Decision::Granted, Decision::Refreshed, Decision::Closed]
+        );
+        assert_eq!(gate.0.lock().unwrap().len(), 3);
+
+        // An audit log that cannot be written: the next grant does not reach the gate.
+        let dir2 = tmp.path().join("audit2");
+        let gate2 = FakeGate::default();
+        let (h2, _rx2) = GateHandle::new(Box::new(gate2.clone()), auditor(&dir2, 1));
+        assert!(h2.submit(grant(Action::Open, 22, 30)));
+        assert_eq!(gate2.0.lock().unwrap().len(), 1);
+        // Rotation (forced by the 1-byte limit) now fails: the directory is gone.
+        std::fs::remove_dir_all(&dir2).unwrap();
+        h2.submit(grant(Action::Open, 443, 30));
+        assert_eq!(
+            gate2.0.lock().unwrap().len(),
+            1,
+            "a grant whose record could not be written must not open"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod capture;
 pub mod cli;
 pub mod daemon;

@@ -33,6 +33,8 @@ pub struct Grant {
     pub access: Vec<Access>,
     /// For how long (0 for a close).
     pub duration_s: u32,
+    /// What the knock asked for (access, duration), for the audit record.
+    pub request: spa_proto::Request,
     /// The knock's id, for the audit record.
     pub knock_id: [u8; 16],
     /// When its frame was handled (for the grant's latency in the log).
@@ -56,6 +58,8 @@ pub enum Outcome {
         key: KeyId,
         /// From where.
         src: IpAddr,
+        /// What was asked for, when the payload was decrypted.
+        request: Option<spa_proto::Request>,
     },
     /// Accepted and committed to the replay log: open (or close) now.
     Granted(Grant),
@@ -149,12 +153,23 @@ pub struct Pipeline {
 impl Pipeline {
     /// A captured frame (network header first) from `ethertype`.
     pub fn handle_frame(&self, ethertype: u16, frame: &[u8], now: SystemTime) -> Outcome {
+        self.handle_frame_from(ethertype, frame, now).1
+    }
+
+    /// [`Self::handle_frame`], also giving the datagram's source when the frame has one
+    /// (for the audit summaries).
+    pub fn handle_frame_from(
+        &self,
+        ethertype: u16,
+        frame: &[u8],
+        now: SystemTime,
+    ) -> (Option<IpAddr>, Outcome) {
         let outcome = match packet::parse(ethertype, frame, self.port) {
-            Ok(d) => return self.handle(d.src, d.payload, now),
+            Ok(d) => return (Some(d.src), self.handle(d.src, d.payload, now)),
             Err(drop) => Outcome::Dropped(drop),
         };
         self.counters.count(&outcome);
-        outcome
+        (None, outcome)
     }
 
     /// A knock's UDP payload from `src`.
@@ -207,6 +222,7 @@ impl Pipeline {
                             user: e.user.clone(),
                             key: e.key().key_id(),
                             src,
+                            request: r.payload.map(|p| p.request),
                         },
                         None => Outcome::PreAuth(r.reason),
                     }
@@ -226,6 +242,7 @@ impl Pipeline {
                     user,
                     key,
                     src,
+                    request: Some(opened.payload.request),
                 }
             }
             Err(e @ CommitError::Io { .. }) => return Outcome::Failed(e.to_string()),
@@ -239,6 +256,7 @@ impl Pipeline {
             addr: opened.open_addr,
             access: request.access().to_vec(),
             duration_s: opened.duration_s,
+            request: *request,
             knock_id: opened.payload.knock_id,
             received: std::time::Instant::now(),
         })

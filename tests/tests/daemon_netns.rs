@@ -446,6 +446,75 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         "grant outlived the dead daemon"
     );
 
+    // The audit log holds every decision, across two kill -9s, and its chain verifies.
+    let audit = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str(), "audit"];
+        all.extend_from_slice(args);
+        let r = run("spa-server", &all, home);
+        assert!(r.ok, "{r:?}");
+        r.stdout
+    };
+    let records: Vec<serde_json::Value> = audit(&["--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |decision: &str, reason: Option<&str>, src: Option<&str>| {
+        records
+            .iter()
+            .filter(|r| {
+                r["decision"] == decision
+                    && reason.is_none_or(|x| r["reason"] == x)
+                    && src.is_none_or(|x| r["src"] == x)
+            })
+            .count()
+    };
+    assert_eq!(count("started", None, None), 2, "{records:#?}");
+    assert_eq!(count("granted", None, Some("fd77:1::2")), 1);
+    // 4 s, 3 s, the captured 2 s knock, and the one after unrevoke; plus one refresh
+    // (10 min) and one close.
+    assert_eq!(count("granted", None, Some("10.77.1.2")), 4);
+    assert_eq!(count("refreshed", None, Some("10.77.1.2")), 1);
+    assert_eq!(count("closed", None, Some("10.77.1.2")), 1);
+    assert_eq!(count("rejected", Some("replay"), Some("10.77.2.2")), 1);
+    assert_eq!(count("rejected", Some("replay"), Some("10.77.1.2")), 1);
+    assert_eq!(count("rejected", Some("revoked"), Some("10.77.1.2")), 1);
+    // At least the 4 s grant's expiry (others may fall due just as the daemon is killed).
+    assert!(
+        records
+            .iter()
+            .any(|r| r["decision"] == "expired" && r["addr"] == "10.77.1.2"),
+        "{records:#?}"
+    );
+    let g = records
+        .iter()
+        .find(|r| r["decision"] == "granted" && r["src"] == "10.77.1.2")
+        .unwrap();
+    assert_eq!(g["user"], "alice");
+    assert_eq!(g["addr"], "10.77.1.2");
+    assert_eq!(g["granted"][0], format!("tcp/{SERVICE}"));
+    assert_eq!(g["duration_s"], 4, "the first, `--for 4s`");
+    assert_eq!(g["requested_s"], 4);
+    let table = audit(&[
+        "--user",
+        "alice",
+        "--decision",
+        "rejected",
+        "--source",
+        "10.77.2.2",
+    ]);
+    assert_eq!(table.lines().count(), 2, "header and one row: {table}");
+    assert!(table.contains("replay"), "{table}");
+    let key = etc.join("audit-verify.key").display().to_string();
+    let verified = audit(&["--verify", "--key", &key]);
+    assert!(verified.contains("chain intact"), "{verified}");
+    let all_audit: String = std::fs::read_dir(etc.join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    for s in &secrets {
+        assert!(!all_audit.contains(&s[12..40]), "secret in the audit log");
+    }
+
     // The table outlives the daemon until the admin removes it.
     assert!(s.try_run(&["nft", "list", "table", "inet", "spa"]));
     let r = s.run(&[

@@ -463,4 +463,55 @@ fn refusals_are_clear() {
         users.get("u4").is_none(),
         "a failed provision registers nobody"
     );
+
+    // The audit key: written 0600 by init, never printed, required and checked by --verify.
+    let audit_key = lab.path("etc/audit-verify.key");
+    let mode = std::fs::metadata(&audit_key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let a = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str(), "audit"];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = a(&["--verify", "--key", &audit_key]);
+    let out = lab.ok("spa-server", &refs(&args));
+    assert!(
+        out.contains("0 records") && out.contains("chain intact"),
+        "{out}"
+    );
+    let r = lab.cmd("spa-server", &refs(&a(&["--verify"])));
+    assert_eq!(r.code, Some(2), "--verify needs --key: {r:?}");
+    lab.fails(
+        "spa-server",
+        &refs(&a(&["--decision", "opened"])),
+        "unknown decision (one of granted",
+    );
+    lab.fails(
+        "spa-server",
+        &refs(&a(&["--reason", "nope"])),
+        "unknown reason (one of",
+    );
+    lab.fails(
+        "spa-server",
+        &refs(&a(&["--since", "yesterday-ish"])),
+        "neither a duration",
+    );
+    let args = a(&["--verify", "--key", &audit_key, "--head", "3:zz"]);
+    lab.fails("spa-server", &refs(&args), "--head: expected SEQ:MAC");
+    // A loose key file is refused.
+    std::fs::set_permissions(&audit_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    lab.fails(
+        "spa-server",
+        &refs(&a(&["--verify", "--key", &audit_key])),
+        "chmod 600",
+    );
+    // init never overwrites a key file it was pointed at.
+    let taken = lab.path("taken.key");
+    std::fs::write(&taken, "x").unwrap();
+    let dir3 = lab.path("third");
+    lab.fails(
+        "spa-server",
+        &["init", "--dir", &dir3, "--audit-key-out", &taken],
+        "refusing to overwrite",
+    );
 }
