@@ -399,3 +399,38 @@ fn a_flood_leaves_the_log_small() {
     assert_eq!(junk, 200_000);
     read::verify(tmp.path(), &key(), None).unwrap();
 }
+
+#[test]
+fn follow_sees_new_records_across_a_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    create_chain(tmp.path(), &key()).unwrap();
+    let (mut log, _) = AuditLog::open(tmp.path(), 600).unwrap();
+    log.append(&mut [rec(0)]).unwrap();
+    let dir = tmp.path().to_owned();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let follower = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let stop_seen = seen.clone();
+            read::follow(
+                &dir,
+                || stop_seen.lock().unwrap().len() >= 8 || std::time::Instant::now() > deadline,
+                |r| {
+                    seen.lock().unwrap().push(r.unwrap().seq);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..9 {
+        // Small rotation size: the records spread over several files.
+        log.append(&mut [rec(i)]).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    follower.join().unwrap();
+    assert!(log::files(tmp.path()).unwrap().len() > 2);
+    assert_eq!(*seen.lock().unwrap(), (1..9).collect::<Vec<u64>>());
+}

@@ -260,6 +260,17 @@ pub fn follow(
         // At the end: has the file been rotated away?
         match std::fs::metadata(&current) {
             Ok(m) if m.ino() != ino => {
+                // Rotated: finish the old file (records may have landed after our last
+                // read and before the rename), then go on with the new one.
+                let mut rest = String::new();
+                reader.read_to_string(&mut rest).map_err(io)?;
+                partial.push_str(&rest);
+                for line in partial.split_inclusive('\n') {
+                    let r = parse(line.trim_end())
+                        .ok_or_else(|| format!("{}: not an audit record", current.display()));
+                    f(r).map_err(io)?;
+                }
+                partial.clear();
                 let (file, new) = open()?;
                 ino = new;
                 reader = BufReader::new(file);
