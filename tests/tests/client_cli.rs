@@ -332,3 +332,40 @@ fn source_ip_and_nat_mode() {
         "they conflict"
     );
 }
+
+#[test]
+fn unresolvable_and_unreachable_hosts_are_clear_errors() {
+    let lab = Lab::new();
+    let key = lab.server.public();
+    let add = |name: &str, host: &str| {
+        let card = Card {
+            key: key.clone(),
+            host: host.into(),
+            port: 23456,
+        };
+        assert!(lab.client(&["add-server", name, &card.to_string()]).ok);
+    };
+    add("nowhere", "nowhere.invalid");
+    let r = lab.client(&["nowhere", "ssh"]);
+    assert!(
+        r.code == Some(1) && r.stderr.contains("cannot resolve nowhere.invalid"),
+        "{r:?}"
+    );
+    if !spa_e2e::netns::privileged("unresolvable_and_unreachable_hosts_are_clear_errors") {
+        return;
+    }
+    // A namespace with no route at all: the send fails, and the client says so.
+    add("far", "192.0.2.1");
+    let ns = spa_e2e::netns::Netns::new("unreach");
+    for extra in [&[][..], &["--wait=1s"][..]] {
+        let mut cmd = ns.cmd(bin("spa-client").to_str().unwrap());
+        cmd.args(["--key", &lab.profile, "far", "ssh"]).args(extra);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("host unreachable: 192.0.2.1:23456"),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
