@@ -75,6 +75,13 @@ pub fn ruleset(c: &TableConfig) -> String {
         }
     }
     let _ = writeln!(s, "add rule inet {t} input udp dport {} drop", c.spa_port);
+    if !c.forward {
+        // Gating forward was switched off: take away a forward chain an earlier start
+        // made (adding first makes the delete valid whether or not it exists).
+        let _ = writeln!(s, "add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}");
+        let _ = writeln!(s, "flush chain inet {t} forward");
+        let _ = writeln!(s, "delete chain inet {t} forward");
+    }
     s
 }
 
@@ -133,7 +140,17 @@ mod tests {
         assert!(r.contains("add rule inet spa input meta l4proto tcp tcp dport 22 drop"));
         assert!(r.contains("add rule inet spa input meta l4proto udp udp dport 51820 drop"));
         assert!(r.contains("add rule inet spa input udp dport 23456 drop"));
-        assert!(!r.contains("forward"));
+        assert!(!r.contains("add rule inet spa forward"));
+        assert!(r.ends_with("delete chain inet spa forward\n"));
+        let f = ruleset(&TableConfig {
+            forward: true,
+            ..c.clone()
+        });
+        assert!(f.contains("add rule inet spa forward meta l4proto tcp tcp dport 22 drop"));
+        assert!(f.contains(
+            "add rule inet spa forward ip saddr . meta l4proto . th dport @grants4 accept"
+        ));
+        assert!(!f.contains("delete chain"));
         let accept = r.find("@grants4 accept").unwrap();
         assert!(
             accept < r.find("dport 22 drop").unwrap(),

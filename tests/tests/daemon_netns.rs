@@ -540,3 +540,117 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         "the host's own ruleset changed"
     );
 }
+
+/// `forward = true`: a service behind the host (a container, a VM) is gated on the forward
+/// hook like the host's own services, and switching it off again removes that chain.
+///
+/// ```text
+///   [cli] c-s 10.78.1.2 ── s-c 10.78.1.1 [srv] spa-server, routes ── s-b 10.78.3.1 ── b-s 10.78.3.2 [back] tcp/2222
+///   [atk] a-s 10.78.2.2 ── s-a 10.78.2.1 [srv]
+/// ```
+#[test]
+fn forward_hook_gates_a_service_behind_the_host() {
+    if !privileged("forward_hook_gates_a_service_behind_the_host") {
+        return;
+    }
+    let (s, c, a, b) = (
+        Netns::new("fsrv"),
+        Netns::new("fcli"),
+        Netns::new("fatk"),
+        Netns::new("fback"),
+    );
+    link(&s, "s-c", &["10.78.1.1/24"], &c, "c-s", &["10.78.1.2/24"]);
+    link(&s, "s-a", &["10.78.2.1/24"], &a, "a-s", &["10.78.2.2/24"]);
+    link(&s, "s-b", &["10.78.3.1/24"], &b, "b-s", &["10.78.3.2/24"]);
+    s.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    c.run(&["ip", "route", "add", "10.78.3.0/24", "via", "10.78.1.1"]);
+    a.run(&["ip", "route", "add", "10.78.3.0/24", "via", "10.78.2.1"]);
+    b.run(&["ip", "route", "add", "default", "via", "10.78.3.1"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let config = etc.join("server.toml").display().to_string();
+    let home = dir.path();
+    let port = PORT.to_string();
+    assert!(
+        run(
+            "spa-server",
+            &["init", "--dir", etc.to_str().unwrap(), "--port", &port],
+            home
+        )
+        .ok
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let forward_on = text
+        .replace(
+            "protect = [\"ssh\"]",
+            &format!("protect = [\"tcp/{SERVICE}\"]"),
+        )
+        .replace("forward = false", "forward = true");
+    assert_ne!(forward_on, text);
+    std::fs::write(&config, &forward_on).unwrap();
+    let bundle = dir.path().join("alice.bundle").display().to_string();
+    let service = format!("tcp/{SERVICE}");
+    let r = run(
+        "spa-server",
+        &[
+            "--config",
+            &config,
+            "user",
+            "provision",
+            "alice",
+            "--allow",
+            &service,
+            "--endpoint",
+            "10.78.1.1",
+            "--out",
+            &bundle,
+        ],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+    let mut listener = tcp_listener(&b, SERVICE);
+    until("listener", Duration::from_secs(5), || {
+        b.try_run(&[
+            "python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('127.0.0.1',{SERVICE}),timeout=1)"),
+        ])
+    });
+    let daemon = Daemon::start(&s, &config);
+    assert!(
+        !tcp_connects(&c, "10.78.3.2", SERVICE, 1.0),
+        "the service behind the host is open before a knock"
+    );
+    send_udp(
+        &c,
+        "10.78.1.1",
+        PORT,
+        &sealed(&bundle, "10.78.1.2", "10.78.1.1", 30),
+    );
+    until(
+        "the knock never opened the forwarded service",
+        Duration::from_secs(3),
+        || tcp_connects(&c, "10.78.3.2", SERVICE, 0.5),
+    );
+    assert!(
+        !tcp_connects(&a, "10.78.3.2", SERVICE, 1.0),
+        "the attacker reaches the service behind the host"
+    );
+    daemon.kill9();
+
+    // Off again: the next start removes our forward chain, and the service is reachable
+    // through the host as before spa (the admin chose not to gate it).
+    std::fs::write(
+        &config,
+        forward_on.replace("forward = true", "forward = false"),
+    )
+    .unwrap();
+    assert!(s.try_run(&["nft", "list", "chain", "inet", "spa", "forward"]));
+    let daemon = Daemon::start(&s, &config);
+    assert!(!s.try_run(&["nft", "list", "chain", "inet", "spa", "forward"]));
+    assert!(tcp_connects(&a, "10.78.3.2", SERVICE, 1.0));
+    drop(daemon);
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
