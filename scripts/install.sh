@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs spa-server and spa-client with their man pages and shell completions.
+# Installs spa-server and spa-client with their man pages and shell completions, the
+# systemd unit, and an empty /etc/spa (0700) for `spa-server init`. Starts nothing.
 #   PREFIX (default /usr/local), DESTDIR (staging root, default empty),
-#   SPA_PROFILE=debug to install a debug build (tests use it).
+#   SYSTEMD_UNIT_DIR (default PREFIX/lib/systemd/system, which systemd searches for
+#   PREFIX /usr and /usr/local), SPA_PROFILE=debug to install a debug build (tests use it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX="${PREFIX:-/usr/local}"
 DESTDIR="${DESTDIR:-}"
 PROFILE="${SPA_PROFILE:-release}"
+UNIT_DIR="${SYSTEMD_UNIT_DIR:-$PREFIX/lib/systemd/system}"
 if [ "$PROFILE" = release ]; then
     cargo build --release --locked -q --bins
 else
@@ -28,4 +31,14 @@ for b in spa-server spa-client; do
     install -m 0644 "$docs/completions/_$b" "$root/share/zsh/site-functions/_$b"
     install -m 0644 "$docs/completions/$b.fish" "$root/share/fish/vendor_completions.d/$b.fish"
 done
-echo "installed spa-server and spa-client into $root"
+# The unit names the binary by its installed path.
+install -d -m 0755 "$DESTDIR$UNIT_DIR"
+sed "s|/usr/local/bin/spa-server|$PREFIX/bin/spa-server|g" dist/spa-server.service \
+    >"$DESTDIR$UNIT_DIR/spa-server.service"
+chmod 0644 "$DESTDIR$UNIT_DIR/spa-server.service"
+# Keys and users live here; only root may look in.
+install -d -m 0700 "$DESTDIR/etc/spa"
+echo "installed spa-server and spa-client into $root, the unit into $DESTDIR$UNIT_DIR"
+if [ -z "$DESTDIR" ]; then
+    echo "next: spa-server init; systemctl daemon-reload; systemctl enable --now spa-server (docs/OPERATIONS.md)"
+fi

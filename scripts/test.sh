@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 need_rust_components
 # nftables, iproute2, python3 and nmap: the namespace tests (a real daemon, real firewall).
-need_debian_packages ca-certificates python3 nftables iproute2 nmap
+# systemd: systemd-analyze checks dist/spa-server.service (systemd need not be PID 1).
+need_debian_packages ca-certificates python3 nftables iproute2 nmap systemd
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

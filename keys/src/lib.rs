@@ -18,6 +18,7 @@
 pub mod card;
 pub mod error;
 pub mod fsutil;
+pub mod hooks;
 pub mod profile;
 pub mod server;
 pub mod services;

@@ -43,9 +43,13 @@ struct ConfigFile {
     #[serde(default)]
     firewall: FirewallFile,
     #[serde(default)]
+    status: StatusFile,
+    #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
     audit: AuditFile,
+    #[serde(default)]
+    hooks: crate::hooks::HooksFile,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +131,25 @@ impl Default for FirewallFile {
     }
 }
 
+/// The status socket of a configuration without a `[status]` section.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/spa/status.sock";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StatusFile {
+    socket: PathBuf,
+    group: Option<String>,
+}
+
+impl Default for StatusFile {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_STATUS_SOCKET.into(),
+            group: None,
+        }
+    }
+}
+
 /// A server key that is still accepted after a rotation, until a date.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreviousKey {
@@ -167,6 +190,10 @@ pub struct ServerConfig {
     pub protect: Vec<Access>,
     /// Also gate the forward hook.
     pub forward: bool,
+    /// The Unix socket `spa-server status` asks the daemon on.
+    pub status_socket: PathBuf,
+    /// The group that may use the status socket too (mode 0660); root only when `None`.
+    pub status_group: Option<String>,
     /// Knocks one source may send at once (step 4).
     pub per_source_burst: u32,
     /// Knocks per second one source regains.
@@ -179,6 +206,8 @@ pub struct ServerConfig {
     pub audit_interval: Duration,
     /// Authenticated rejects recorded one by one per key and interval; more are summed.
     pub audit_rejects_per_key: u32,
+    /// Programs run when grants open, close or expire (`[hooks]`).
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -244,6 +273,27 @@ impl ServerConfig {
                 "start with a letter; letters, digits and '_' (1 to 32)".into(),
             ));
         }
+        let status_socket = resolve(&file.status.socket);
+        // sun_path holds 107 bytes; the daemon binds beside the socket under a longer name.
+        if file.status.socket.as_os_str().is_empty() || status_socket.as_os_str().len() > 90 {
+            return Err(invalid(
+                "socket",
+                "the status socket's path must have 1 to 90 bytes".into(),
+            ));
+        }
+        if let Some(g) = &file.status.group {
+            if !(1..=32).contains(&g.len())
+                || g.starts_with('-')
+                || !g
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return Err(invalid(
+                    "group",
+                    "a group name: letters, digits, '_', '-', '.' (1 to 32)".into(),
+                ));
+            }
+        }
         if let Some(bad) = file.interfaces.iter().find(|i| !valid_ifname(i)) {
             return Err(invalid(
                 "interfaces",
@@ -307,12 +357,15 @@ impl ServerConfig {
             table,
             protect,
             forward: file.firewall.forward,
+            status_socket,
+            status_group: file.status.group,
             per_source_burst: file.limits.per_source_burst,
             per_source_per_sec: file.limits.per_source_per_sec,
             dh_per_sec: file.limits.dh_per_sec,
             audit_rotate_bytes: file.audit.rotate_size_mib << 20,
             audit_interval,
             audit_rejects_per_key: file.audit.rejects_per_key,
+            hooks: crate::hooks::HooksConfig::from_file(file.hooks, path, &text)?,
         })
     }
 
@@ -409,6 +462,11 @@ pub fn init(dir: &Path, port: Option<u16>, rng: &mut impl CryptoRngCore) -> Resu
             PORT_RANGE.start() + (rng.next_u32() % span) as u16
         }
     };
+    let status_socket = if dir == Path::new(DEFAULT_DIR) {
+        PathBuf::from(DEFAULT_STATUS_SOCKET)
+    } else {
+        PathBuf::from("status.sock")
+    };
     let (state, audit) = if dir == Path::new(DEFAULT_DIR) {
         (PathBuf::from("/var/lib/spa"), PathBuf::from("/var/log/spa"))
     } else {
@@ -452,6 +510,12 @@ protect = ["ssh"]
 # Also gate the forward hook (services behind this host, e.g. containers).
 forward = false
 
+[status]
+# `spa-server status` asks the running daemon on this Unix socket: mode 0600 (root only),
+# or 0660 with `group`, whose members may then read uptime, open grants and counters.
+socket = {status_socket:?}
+#group = "adm"
+
 [limits]
 # Checked after mac1 and before any Diffie-Hellman. A person knocks a few times a minute;
 # these never throttle one. A flood from one source is held to the per-source rate, and
@@ -470,6 +534,19 @@ aggregate_interval = "60s"
 # Authenticated rejects (a replay, a revoked key) are recorded one by one up to this many
 # per key and interval, and summed beyond.
 rejects_per_key = 10
+
+# Hooks: programs run when a grant opens, and when it is closed or expires. They run
+# asynchronously as run_as (never root), with an empty environment but for SPA_EVENT,
+# SPA_USER, SPA_ADDRESS, SPA_ACCESS, SPA_DURATION and PATH; nothing from a knock is ever
+# an argument or passes through a shell. See docs/OPERATIONS.md.
+#[hooks]
+#run_as = "nobody"
+#timeout = "10s"
+#[[hooks.rule]]
+#user = "alice"                                  # optional: only this user
+#access = "ssh"                                  # optional: only this access entry
+#on_open = ["/usr/local/bin/notify", "opened"]   # argv: program (absolute path), arguments
+#on_close = ["/usr/local/bin/notify", "closed"]
 "#,
         config = config.display(),
         lo = PORT_RANGE.start(),
@@ -555,6 +632,42 @@ mod tests {
             init(dir.path(), Some(5000), &mut OsRng),
             Err(Error::Exists(_))
         ));
+    }
+
+    #[test]
+    fn status_socket_defaults_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = init(dir.path(), Some(23456), &mut OsRng).unwrap();
+        let config = ServerConfig::load(&report.config).unwrap();
+        assert_eq!(config.status_socket, dir.path().join("status.sock"));
+        assert_eq!(config.status_group, None);
+        let text = std::fs::read_to_string(&report.config).unwrap();
+        // A configuration written before the section existed still loads.
+        let start = text.find("[status]").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap() + 2;
+        std::fs::write(
+            &report.config,
+            format!("{}{}", &text[..start], &text[end..]),
+        )
+        .unwrap();
+        assert_eq!(
+            ServerConfig::load(&report.config).unwrap().status_socket,
+            PathBuf::from(DEFAULT_STATUS_SOCKET)
+        );
+        let long = format!("socket = \"/{}\"", "x".repeat(100));
+        for (from, to, err) in [
+            ("#group = \"adm\"", "group = \"spa-status\"", None),
+            ("#group = \"adm\"", "group = \"a b\"", Some("group")),
+            ("#group = \"adm\"", "sock = \"x\"", Some("sock")),
+            ("socket = \"status.sock\"", long.as_str(), Some("socket")),
+        ] {
+            std::fs::write(&report.config, text.replace(from, to)).unwrap();
+            match (ServerConfig::load(&report.config), err) {
+                (Ok(c), None) => assert_eq!(c.status_group.as_deref(), Some("spa-status")),
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{e}"),
+                (r, _) => panic!("{to}: {:?}", r.map(|c| c.status_group)),
+            }
+        }
     }
 
     #[test]

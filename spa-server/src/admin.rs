@@ -75,6 +75,12 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             let config = ServerConfig::load(&cli.config)?;
             let (key, users) = config.check()?;
             let keys: usize = users.iter().map(|u| u.keys.len()).sum();
+            let hooks = &config.hooks;
+            // run_as must name an unprivileged user on this host (only when hooks exist).
+            let run_as = (!hooks.rules.is_empty())
+                .then(|| crate::hooks::resolve_run_as(&hooks.run_as))
+                .transpose()
+                .map_err(|e| Error::invalid(&cli.config, None, e.to_string()))?;
             writeln!(
                 out,
                 "{}: ok (server key {}, {} users, {} keys, port udp/{})",
@@ -84,7 +90,21 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
                 keys,
                 config.port
             )
-            .map_err(io)
+            .map_err(io)?;
+            if let Some(r) = run_as {
+                writeln!(
+                    out,
+                    "hooks: {} rule{}, run as {} (uid {}, gid {}), timeout {}",
+                    hooks.rules.len(),
+                    if hooks.rules.len() == 1 { "" } else { "s" },
+                    hooks.run_as,
+                    r.uid,
+                    r.gid,
+                    humantime::format_duration(hooks.timeout)
+                )
+                .map_err(io)?;
+            }
+            Ok(())
         }
         Command::RotateKey {
             accept_old_for,
@@ -115,7 +135,13 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
         }
         Command::User(cmd) => user(cli, cmd, out),
         Command::Audit(args) => audit(cli, args, out),
-        Command::Run => Err(Error::Usage("run is handled by the command line".into())),
+        Command::Run | Command::FirewallHelper { .. } => Err(Error::Usage(
+            "run and firewall-helper are handled by the command line".into(),
+        )),
+        Command::Status { json } => {
+            let config = ServerConfig::load(&cli.config)?;
+            crate::status::show(&config.status_socket, *json, out).map_err(Error::Usage)
+        }
         Command::GenerateDocs { dir } => {
             crate::cli::generate_docs(dir).map_err(|e| Error::io(dir, e))?;
             writeln!(out, "wrote man pages and completions to {}", dir.display()).map_err(io)

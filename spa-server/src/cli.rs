@@ -62,6 +62,22 @@ pub enum Command {
     User(UserCommand),
     /// Run the daemon in the foreground (logs to stderr).
     Run,
+    /// Show the running daemon's uptime, open grants and counters.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The firewall helper process that `run` starts (holds only CAP_NET_ADMIN).
+    #[command(hide = true)]
+    FirewallHelper {
+        /// The channel to the daemon.
+        #[arg(long)]
+        fd: i32,
+        /// Our nftables table.
+        #[arg(long)]
+        table: String,
+    },
     /// Query the audit log (a table, or JSON lines), or verify its MAC chain.
     Audit(AuditArgs),
     /// Manage our nftables table.
@@ -228,7 +244,7 @@ pub enum UserCommand {
 /// Runs the command line; errors go to stderr with a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run) {
+    if matches!(cli.command, Command::Run | Command::FirewallHelper { .. }) {
         use std::io::IsTerminal;
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -239,6 +255,15 @@ pub fn main() -> ExitCode {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
             )
             .init();
+        if let Command::FirewallHelper { fd, table } = &cli.command {
+            return match crate::privsep::firewall_helper(*fd, table) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let result = spa_keys::server::ServerConfig::load(&cli.config)
             .map_err(|e| e.to_string())
             .and_then(|c| crate::daemon::run(&c));

@@ -4,7 +4,7 @@
 //! daemon dies).
 //!
 //! The firewall sits behind [`Gate`], one narrow interface, so a separate privileged
-//! helper process can own it.
+//! helper process owns it ([`crate::privsep`]): this process holds no capability.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -156,6 +156,12 @@ impl GateHandle {
     /// Stops accepting queued grants (the worker then ends).
     pub fn close(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Grants open now: (user, address, access, time left), for `spa-server status`.
+    pub fn open_grants(&self, now: Instant) -> Vec<(Arc<str>, IpAddr, Access, Duration)> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1.open(now)
     }
 }
 
@@ -433,10 +439,10 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     use crate::capture::{self, PacketSocket};
     use crate::limits::{LimitConfig, Limiter};
     use crate::live::Live;
-    use crate::netlink::NetlinkGate;
     use crate::nft::{self, TableConfig};
     use crate::replay::ReplayStore;
 
+    let started = Instant::now();
     let mut destinations =
         capture::host_addresses().map_err(|e| format!("listing host addresses: {e}"))?;
     destinations.extend(config.destinations.iter().copied());
@@ -490,8 +496,39 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .map(|_| PacketSocket::open(&filter, Some(group), Duration::from_millis(200)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("opening the capture socket: {e}"))?;
-    let netlink = NetlinkGate::open(&table.table).map_err(|e| format!("netlink socket: {e}"))?;
-    let (handle, rx) = GateHandle::new(Box::new(netlink), audit.clone());
+    // Privilege separation (crate::privsep): the firewall helper keeps CAP_NET_ADMIN; this
+    // process drops every capability before it starts a thread or parses a packet.
+    let (firewall, remote) = crate::privsep::start_firewall(&table.table)?;
+    let status_gid = config.status_group.as_deref().map(crate::privsep::group_id);
+    let status_gid = status_gid
+        .transpose()
+        .map_err(|e| format!("[status] group: {e}"))?;
+    let status = crate::status::StatusServer::bind(&config.status_socket, status_gid)
+        .map_err(|e| e.to_string())?;
+    crate::privsep::restrict(&[]).map_err(|e| format!("dropping capabilities: {e}"))?;
+    let helper_died = Arc::new(AtomicBool::new(false));
+    let firewall = {
+        let (stop, died) = (stop.clone(), helper_died.clone());
+        firewall.watch(move |role, status| {
+            if !stop.load(Ordering::SeqCst) {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                tracing::error!(helper = role.subcommand(), %status, "the firewall helper exited; stopping (nothing can open without it; open grants expire on their own)");
+                died.store(true, Ordering::SeqCst);
+            }
+            stop.store(true, Ordering::SeqCst);
+        })
+    }
+    .map_err(|e| e.to_string())?;
+    tracing::info!(helper_pid = firewall.pid(), "capabilities dropped: this process holds none; the firewall helper holds only CAP_NET_ADMIN");
+    let (handle, rx) = GateHandle::new(Box::new(remote), audit.clone());
+    let status = crate::status::spawn(
+        status,
+        started,
+        pipeline.clone(),
+        handle.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let gate = {
         let handle = handle.clone();
         std::thread::Builder::new()
@@ -565,6 +602,10 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     let _ = gate.join();
     let _ = watcher.join();
     let _ = flusher.join();
+    let _ = status.join();
+    if !firewall.stop(Duration::from_secs(3)) {
+        tracing::warn!("the firewall helper did not exit; it is killed with this process");
+    }
     replay
         .flush()
         .map_err(|e| format!("final replay flush: {e}"))?;
@@ -577,6 +618,11 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .map_err(|e| format!("final audit flush: {e}"))?;
     log_head(&audit.head());
     tracing::info!(counters = ?pipeline.counters.snapshot(), "spa-server stopped; table inet {} left in place", config.table);
+    if helper_died.load(Ordering::SeqCst) {
+        return Err(
+            "stopped: the firewall helper exited (grants already open expire on their own)".into(),
+        );
+    }
     Ok(())
 }
 

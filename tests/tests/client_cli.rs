@@ -294,6 +294,16 @@ fn install_target_puts_binaries_man_pages_and_completions_in_place() {
     let completion =
         std::fs::read_to_string(root.join("share/bash-completion/completions/spa-client")).unwrap();
     assert!(completion.contains("--wait"));
+    // The unit, naming the binary where PREFIX put it, and /etc/spa for root only.
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/spa-server.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/usr/bin/spa-server run --config /etc/spa/server.toml\n")
+            && !unit.contains("/usr/local/"),
+        "{unit}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let etc = std::fs::metadata(dest.path().join("etc/spa")).unwrap();
+    assert_eq!(etc.permissions().mode() & 0o7777, 0o700);
 }
 
 #[test]
@@ -339,7 +349,7 @@ fn unresolvable_and_unreachable_hosts_are_clear_errors() {
     let key = lab.server.public();
     let add = |name: &str, host: &str| {
         let card = Card {
-            key: key.clone(),
+            key,
             host: host.into(),
             port: 23456,
         };

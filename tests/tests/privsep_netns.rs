@@ -1,0 +1,427 @@
+//! Privilege separation for real: the daemon in a network namespace this test makes, its
+//! processes read from /proc, each killed with SIGKILL in turn; and `spa-server status`.
+//!
+//! ```text
+//!   [cli] c-s 10.78.1.2 ──── s-c 10.78.1.1 [srv] spa-server run (verifier, no capabilities)
+//!                                                 └─ spa-server firewall-helper (CAP_NET_ADMIN)
+//!                                                 tcp/2222 listener
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spa_e2e::netns::{link, privileged, send_udp, tcp_connects, tcp_listener, Netns};
+use spa_e2e::{bin, run};
+
+const PORT: u16 = 23457;
+const SERVICE: u16 = 2222;
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(ns: &Netns, config: &str) -> Self {
+        let mut child = ns.spawn(&[
+            bin("spa-server").to_str().unwrap(),
+            "--config",
+            config,
+            "run",
+        ]);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let d = Self { child, log };
+        d.wait_log("spa-server running", Duration::from_secs(30));
+        d
+    }
+
+    fn wait_log(&self, needle: &str, limit: Duration) {
+        until(
+            &format!(
+                "daemon never logged {needle:?}: {:#?}",
+                self.log.lock().unwrap()
+            ),
+            limit,
+            || self.log.lock().unwrap().iter().any(|l| l.contains(needle)),
+        );
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One task's capability masks and no_new_privs, from /proc/.../status.
+#[derive(Debug, PartialEq, Eq)]
+struct Privs {
+    inh: u64,
+    prm: u64,
+    eff: u64,
+    bnd: u64,
+    amb: u64,
+    no_new_privs: bool,
+}
+
+fn privs(status_file: &str) -> Privs {
+    let text = std::fs::read_to_string(status_file).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{status_file} has no {name}"))
+            .trim()
+            .to_owned()
+    };
+    let mask = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+    Privs {
+        inh: mask("CapInh"),
+        prm: mask("CapPrm"),
+        eff: mask("CapEff"),
+        bnd: mask("CapBnd"),
+        amb: mask("CapAmb"),
+        no_new_privs: field("NoNewPrivs") == "1",
+    }
+}
+
+/// Every thread of `pid`.
+fn tasks(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect()
+}
+
+/// The children of `pid`, from /proc/PID/task/*/children.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = tasks(pid)
+        .iter()
+        .flat_map(|t| {
+            std::fs::read_to_string(format!("{t}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Gone, or a zombie nobody reaped yet (e.g. where PID 1 is not an init).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Err(_) => true,
+        Ok(s) => s
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z')),
+    }
+}
+
+fn in_set(ns: &Netns, addr: &str) -> bool {
+    let out = ns.run(&["nft", "-j", "list", "set", "inet", "spa", "grants4"]);
+    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{addr}\""))
+}
+
+#[test]
+fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
+    if !privileged("verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other") {
+        return;
+    }
+    let (s, c) = (Netns::new("srv"), Netns::new("cli"));
+    link(&s, "s-c", &["10.78.1.1/24"], &c, "c-s", &["10.78.1.2/24"]);
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let config = etc.join("server.toml").display().to_string();
+    let home = dir.path();
+    let r = run(
+        "spa-server",
+        &[
+            "init",
+            "--dir",
+            etc.to_str().unwrap(),
+            "--port",
+            &PORT.to_string(),
+        ],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "protect = [\"ssh\"]",
+            &format!("protect = [\"tcp/{SERVICE}\"]"),
+        ),
+    )
+    .unwrap();
+    let bundle = dir.path().join("alice.bundle").display().to_string();
+    let r = run(
+        "spa-server",
+        &[
+            "--config",
+            &config,
+            "user",
+            "provision",
+            "alice",
+            "--allow",
+            &format!("tcp/{SERVICE}"),
+            "--endpoint",
+            "10.78.1.1",
+            "--out",
+            &bundle,
+        ],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+    let mut listener = tcp_listener(&s, SERVICE);
+    let status = |json: bool| {
+        let mut args = vec!["--config", config.as_str(), "status"];
+        if json {
+            args.push("--json");
+        }
+        run("spa-server", &args, home)
+    };
+    let knock = |secs: &str| {
+        c.run(&[
+            bin("spa-client").to_str().unwrap(),
+            "-q",
+            "--key",
+            &bundle,
+            "10.78.1.1",
+            &format!("tcp/{SERVICE}"),
+            "--for",
+            secs,
+        ]);
+    };
+
+    // Not running yet: a clear error.
+    let r = status(false);
+    assert!(!r.ok && r.stderr.contains("not running"), "{r:?}");
+
+    let daemon = Daemon::start(&s, &config);
+    let pid = daemon.child.id();
+    let helpers = children(pid);
+    assert_eq!(
+        helpers.len(),
+        1,
+        "one child, the firewall helper: {helpers:?}"
+    );
+    let helper = helpers[0];
+    let cmdline = std::fs::read(format!("/proc/{helper}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("firewall-helper"),
+        "{cmdline:?}"
+    );
+
+    // The process that parses packets holds nothing, in every thread, and cannot regain
+    // anything; the helper holds CAP_NET_ADMIN and nothing else.
+    let nothing = Privs {
+        inh: 0,
+        prm: 0,
+        eff: 0,
+        bnd: 0,
+        amb: 0,
+        no_new_privs: true,
+    };
+    let threads = tasks(pid);
+    assert!(
+        threads.len() > 3,
+        "capture, gate, status... threads: {threads:?}"
+    );
+    for t in &threads {
+        assert_eq!(privs(&format!("{t}/status")), nothing, "{t}");
+    }
+    assert_eq!(privs(&format!("/proc/{pid}/status")), nothing);
+    for t in tasks(helper) {
+        assert_eq!(
+            privs(&format!("{t}/status")),
+            Privs {
+                inh: 0,
+                prm: CAP_NET_ADMIN,
+                eff: CAP_NET_ADMIN,
+                bnd: CAP_NET_ADMIN,
+                amb: 0,
+                no_new_privs: true,
+            },
+            "{t}"
+        );
+    }
+
+    // Nothing of the verifier's leaked into the helper: stdin, stdout, stderr, the
+    // channel and its netlink socket, and no packet socket.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{helper}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let target = std::fs::read_link(e.path()).unwrap();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    assert_eq!(fds.len(), 5, "{fds:#?}");
+
+    // Knocks still open the port, through the helper; status shows the grant and counts.
+    assert!(!tcp_connects(&c, "10.78.1.1", SERVICE, 1.0));
+    knock("60s");
+    until("knock never opened", Duration::from_secs(3), || {
+        tcp_connects(&c, "10.78.1.1", SERVICE, 0.5)
+    });
+    send_udp(&c, "10.78.1.1", PORT, b"not a knock");
+    send_udp(&c, "10.78.1.1", PORT, &[0u8; 242]);
+    let mut reply = serde_json::Value::Null;
+    until(
+        "status never counted the junk",
+        Duration::from_secs(3),
+        || {
+            let r = status(true);
+            assert!(r.ok, "{r:?}");
+            reply = serde_json::from_str(&r.stdout).unwrap();
+            reply["counters"].as_object().unwrap().len() >= 2
+        },
+    );
+    assert_eq!(reply["pid"], pid);
+    assert!(reply["uptime_s"].as_u64().unwrap() < 120);
+    assert_eq!(reply["counters"]["granted"], 1, "{reply:#}");
+    let grants = reply["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{reply:#}");
+    assert_eq!(grants[0]["user"], "alice");
+    assert_eq!(grants[0]["addr"], "10.78.1.2");
+    assert_eq!(grants[0]["access"], format!("tcp/{SERVICE}"));
+    let left = grants[0]["seconds_left"].as_u64().unwrap();
+    assert!((50..=60).contains(&left), "{left}");
+    let r = status(false);
+    assert!(r.ok, "{r:?}");
+    assert!(r.stdout.contains("grants open now: 1"), "{}", r.stdout);
+    assert!(
+        r.stdout.lines().any(|l| l.contains("alice")
+            && l.contains("10.78.1.2")
+            && l.contains(&format!("tcp/{SERVICE}"))),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("granted"), "{}", r.stdout);
+    let sock = std::fs::metadata(etc.join("status.sock")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&sock.permissions()) & 0o777,
+        0o600
+    );
+
+    // kill -9 of the helper while a 3 s grant is open: the daemon stops, non-zero, saying
+    // why; the kernel still closes the grant on time.
+    knock("3s");
+    until(
+        "refresh to 3 s never applied",
+        Duration::from_secs(3),
+        || {
+            let r = status(true);
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+            v["grants"][0]["seconds_left"]
+                .as_u64()
+                .is_some_and(|s| s <= 3)
+        },
+    );
+    let opened = Instant::now();
+    let mut daemon = daemon;
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &helper.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(st) = daemon.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon outlived its helper: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!code.success(), "exit {code:?}");
+    assert_eq!(code.code(), Some(1), "a clean exit, not a crash: {code:?}");
+    daemon.wait_log("the firewall helper exited", Duration::from_secs(2));
+    daemon.wait_log(
+        "stopped: the firewall helper exited",
+        Duration::from_secs(2),
+    );
+    assert!(
+        in_set(&s, "10.78.1.2"),
+        "the open grant stays until its time"
+    );
+    until("status still answered", Duration::from_secs(2), || {
+        let r = status(true);
+        !r.ok && r.stderr.contains("not running")
+    });
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_millis(800),
+    );
+    assert!(!in_set(&s, "10.78.1.2"), "grant outlived its 3 s");
+    assert!(!tcp_connects(&c, "10.78.1.1", SERVICE, 1.0));
+    drop(daemon);
+
+    // kill -9 of the daemon while a 3 s grant is open: the helper exits with it; the
+    // kernel still closes the grant on time.
+    let daemon = Daemon::start(&s, &config);
+    let pid = daemon.child.id();
+    let helpers = children(pid);
+    assert_eq!(helpers.len(), 1, "{helpers:?}");
+    knock("3s");
+    until("knock never opened", Duration::from_secs(3), || {
+        in_set(&s, "10.78.1.2")
+    });
+    let opened = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    until(
+        "the helper outlived the daemon",
+        Duration::from_secs(3),
+        || gone(helpers[0]),
+    );
+    drop(daemon);
+    assert!(
+        tcp_connects(&c, "10.78.1.1", SERVICE, 1.0),
+        "grant survives the daemon"
+    );
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(opened.elapsed()) + Duration::from_millis(800),
+    );
+    assert!(!in_set(&s, "10.78.1.2"), "grant outlived the dead daemon");
+    assert!(!tcp_connects(&c, "10.78.1.1", SERVICE, 1.0));
+    let r = status(false);
+    assert!(!r.ok && r.stderr.contains("not running"), "{r:?}");
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
