@@ -135,9 +135,9 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
         }
         Command::User(cmd) => user(cli, cmd, out),
         Command::Audit(args) => audit(cli, args, out),
-        Command::Run | Command::FirewallHelper { .. } => Err(Error::Usage(
-            "run and firewall-helper are handled by the command line".into(),
-        )),
+        Command::Run | Command::FirewallHelper { .. } | Command::HookRunner { .. } => Err(
+            Error::Usage("run and firewall-helper are handled by the command line".into()),
+        ),
         Command::Status { json } => {
             let config = ServerConfig::load(&cli.config)?;
             crate::status::show(&config.status_socket, *json, out).map_err(Error::Usage)

@@ -80,6 +80,13 @@ pub enum Command {
     },
     /// Query the audit log (a table, or JSON lines), or verify its MAC chain.
     Audit(AuditArgs),
+    /// The hook runner process `spa-server run` starts (not for people).
+    #[command(hide = true)]
+    HookRunner {
+        /// The channel to the daemon.
+        #[arg(long)]
+        fd: i32,
+    },
     /// Manage our nftables table.
     #[command(subcommand)]
     Firewall(FirewallCommand),
@@ -244,7 +251,10 @@ pub enum UserCommand {
 /// Runs the command line; errors go to stderr with a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run | Command::FirewallHelper { .. }) {
+    if matches!(
+        cli.command,
+        Command::Run | Command::FirewallHelper { .. } | Command::HookRunner { .. }
+    ) {
         use std::io::IsTerminal;
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -255,8 +265,15 @@ pub fn main() -> ExitCode {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
             )
             .init();
-        if let Command::FirewallHelper { fd, table } = &cli.command {
-            return match crate::privsep::firewall_helper(*fd, table) {
+        let helper = match &cli.command {
+            Command::FirewallHelper { fd, table } => {
+                Some(crate::privsep::firewall_helper(*fd, table))
+            }
+            Command::HookRunner { fd } => Some(crate::privsep::hook_runner(*fd, &cli.config)),
+            _ => None,
+        };
+        if let Some(result) = helper {
+            return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

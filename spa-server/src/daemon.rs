@@ -120,6 +120,7 @@ impl GrantTimers {
 pub struct GateHandle {
     state: std::sync::Mutex<(Box<dyn Gate>, GrantTimers)>,
     audit: Arc<Auditor>,
+    hooks: std::sync::OnceLock<Arc<crate::privsep::Channel>>,
     queued: std::sync::atomic::AtomicUsize,
     tx: std::sync::Mutex<Option<Sender<Grant>>>,
 }
@@ -131,6 +132,7 @@ impl GateHandle {
         let h = Self {
             state: std::sync::Mutex::new((gate, GrantTimers::default())),
             audit,
+            hooks: std::sync::OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
             tx: std::sync::Mutex::new(Some(tx)),
         };
@@ -143,7 +145,7 @@ impl GateHandle {
             if let Ok(mut st) = self.state.try_lock() {
                 if self.queued.load(Ordering::SeqCst) == 0 {
                     let (gate, timers) = &mut *st;
-                    apply_batch(gate.as_mut(), timers, &self.audit, &[g]);
+                    apply_batch(gate.as_mut(), timers, &self.audit, self.hooks.get(), &[g]);
                     return true;
                 }
             }
@@ -151,6 +153,11 @@ impl GateHandle {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         tx.as_ref().is_some_and(|tx| tx.send(g).is_ok())
+    }
+
+    /// Sends grant events to the hook runner from now on.
+    pub fn set_hooks(&self, channel: Arc<crate::privsep::Channel>) {
+        let _ = self.hooks.set(channel);
     }
 
     /// Stops accepting queued grants (the worker then ends).
@@ -190,7 +197,28 @@ fn grant_record(g: &Grant, refreshed: bool, now: SystemTime) -> Record {
     r
 }
 
-fn apply_batch(gate: &mut dyn Gate, timers: &mut GrantTimers, audit: &Auditor, batch: &[Grant]) {
+/// Hands hook events to the hook runner process without ever blocking: if its socket is
+/// full, the event is dropped (and logged); a grant never waits for a hook.
+fn send_hook_events(hooks: &crate::privsep::Channel, events: Vec<crate::hooks::HookEvent>) {
+    for ev in events {
+        let Ok(msg) = serde_json::to_vec(&ev) else {
+            continue;
+        };
+        match hooks.try_send(&msg) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(event = %ev.event, "hook runner busy: hook event dropped"),
+            Err(e) => tracing::warn!(error = %e, "hook runner gone: hook event dropped"),
+        }
+    }
+}
+
+fn apply_batch(
+    gate: &mut dyn Gate,
+    timers: &mut GrantTimers,
+    audit: &Auditor,
+    hooks: Option<&Arc<crate::privsep::Channel>>,
+    batch: &[Grant],
+) {
     // Record first (write(2)): if the record cannot be written, nothing opens.
     let now = SystemTime::now();
     let mut records: Vec<Record> = batch
@@ -222,6 +250,9 @@ fn apply_batch(gate: &mut dyn Gate, timers: &mut GrantTimers, audit: &Auditor, b
                         decision = "closed", user = %g.user, key = %g.key, addr = %g.addr,
                         access = %access.join(","), "grant closed on request"
                     ),
+                }
+                if let Some(h) = hooks {
+                    send_hook_events(h, crate::hooks::HookEvent::from_grant(g));
                 }
             }
         }
@@ -257,7 +288,13 @@ pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
         if let Some(first) = first {
             let mut batch = vec![first];
             batch.extend(rx.try_iter().take(1023));
-            apply_batch(gate.as_mut(), timers, &handle.audit, &batch);
+            apply_batch(
+                gate.as_mut(),
+                timers,
+                &handle.audit,
+                handle.hooks.get(),
+                &batch,
+            );
             handle.queued.fetch_sub(batch.len(), Ordering::SeqCst);
         }
         let expired = timers.expired(Instant::now());
@@ -267,6 +304,9 @@ pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
             .into_iter()
             .map(|(user, addr, access)| {
                 tracing::info!(decision = "expired", user = %user, addr = %addr, access = %access, "grant expired");
+                if let Some(h) = handle.hooks.get() {
+                    send_hook_events(h, vec![crate::hooks::HookEvent::expired(&user, addr, access)]);
+                }
                 let mut r = Record::new(Decision::Expired, now);
                 r.user = Some(user.to_string());
                 r.addr = Some(addr);
@@ -499,6 +539,13 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     // Privilege separation (crate::privsep): the firewall helper keeps CAP_NET_ADMIN; this
     // process drops every capability before it starts a thread or parses a packet.
     let (firewall, remote) = crate::privsep::start_firewall(&table.table)?;
+    // The hook runner, only when hooks are configured: it keeps CAP_SETUID, CAP_SETGID and
+    // CAP_KILL, and hears only validated grant events.
+    let hook_runner = if config.hooks.rules.is_empty() {
+        None
+    } else {
+        Some(crate::privsep::start_hooks(&config.path)?)
+    };
     let status_gid = config.status_group.as_deref().map(crate::privsep::group_id);
     let status_gid = status_gid
         .transpose()
@@ -521,6 +568,23 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     tracing::info!(helper_pid = firewall.pid(), "capabilities dropped: this process holds none; the firewall helper holds only CAP_NET_ADMIN");
     let (handle, rx) = GateHandle::new(Box::new(remote), audit.clone());
+    let hook_runner = match hook_runner {
+        Some(child) => {
+            handle.set_hooks(child.channel());
+            let stop = stop.clone();
+            Some(
+                child
+                    .watch(move |_, status| {
+                        if !stop.load(Ordering::SeqCst) {
+                            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                            tracing::error!(%status, "the hook runner exited; grants go on, hooks no longer run");
+                        }
+                    })
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
     let status = crate::status::spawn(
         status,
         started,
@@ -603,6 +667,12 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     let _ = watcher.join();
     let _ = flusher.join();
     let _ = status.join();
+    if let Some(h) = hook_runner {
+        // Hooks already queued finish, each within its timeout.
+        if !h.stop(config.hooks.timeout + Duration::from_secs(2)) {
+            tracing::warn!("the hook runner did not exit; it is killed with this process");
+        }
+    }
     if !firewall.stop(Duration::from_secs(3)) {
         tracing::warn!("the firewall helper did not exit; it is killed with this process");
     }

@@ -89,6 +89,8 @@ const OP_CLOSE: u8 = 2;
 pub enum Role {
     /// Applies grant changes to our nftables sets over netlink.
     Firewall,
+    /// Runs the admin's hook programs as an unprivileged user ([`crate::hooks`]).
+    Hooks,
 }
 
 impl Role {
@@ -96,6 +98,7 @@ impl Role {
     pub const fn subcommand(self) -> &'static str {
         match self {
             Role::Firewall => "firewall-helper",
+            Role::Hooks => "hook-runner",
         }
     }
 
@@ -104,6 +107,13 @@ impl Role {
     pub const fn capabilities(self) -> &'static [Capability] {
         match self {
             Role::Firewall => &[Capability::CAP_NET_ADMIN],
+            // Become the run_as user, and kill a hook's process group (which then
+            // belongs to that user) at its timeout.
+            Role::Hooks => &[
+                Capability::CAP_SETUID,
+                Capability::CAP_SETGID,
+                Capability::CAP_KILL,
+            ],
         }
     }
 }
@@ -397,6 +407,32 @@ impl Channel {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
+            }
+        }
+    }
+
+    /// Sends one message if the socket can take it now; false (the message dropped) if its
+    /// buffer is full. For messages whose loss is acceptable, never for grants.
+    pub fn try_send(&self, msg: &[u8]) -> io::Result<bool> {
+        loop {
+            // SAFETY: `msg` is live for its length; MSG_DONTWAIT: never block;
+            // MSG_NOSIGNAL: EPIPE, not SIGPIPE.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize == msg.len());
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => return Ok(false),
+                _ => return Err(e),
             }
         }
     }
@@ -886,6 +922,55 @@ pub fn firewall_helper(fd: RawFd, table: &str) -> Result<(), String> {
         .map_err(|e| format!("firewall helper: {e}"))?;
     tracing::debug!(table, "firewall helper ready");
     serve(&channel, &mut gate).map_err(|e| format!("firewall helper: channel: {e}"))
+}
+
+/// The longest hook event message (JSON); longer ones are discarded unread.
+pub const MAX_HOOK_EVENT: usize = 1024;
+
+/// `spa-server hook-runner --fd N`: the hooks role's process. It reads the `[hooks]`
+/// section of the configuration and runs hooks for the events the daemon sends, one JSON
+/// [`crate::hooks::HookEvent`] per message (validated again here).
+pub fn hook_runner(fd: RawFd, config: &std::path::Path) -> Result<(), String> {
+    let channel = Channel::inherit(fd).map_err(|e| e.to_string())?;
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    enter(Role::Hooks).map_err(|e| format!("hook runner: dropping privileges: {e}"))?;
+    let config =
+        spa_keys::server::ServerConfig::load(config).map_err(|e| format!("hook runner: {e}"))?;
+    let runner =
+        crate::hooks::HookRunner::start(&config.hooks, crate::hooks::HookLimits::default(), None)
+            .map_err(|e| format!("hook runner: {e}"))?;
+    let mut buf = vec![0u8; MAX_HOOK_EVENT];
+    loop {
+        match channel.recv(&mut buf) {
+            Ok(None) => break,
+            Ok(Some(n)) => match serde_json::from_slice::<crate::hooks::HookEvent>(&buf[..n]) {
+                Ok(event) => {
+                    runner.submit(event);
+                }
+                Err(_) => tracing::warn!("hook runner: an event that does not parse was dropped"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::warn!("hook runner: an overlong event was dropped")
+            }
+            Err(e) => return Err(format!("hook runner: channel: {e}")),
+        }
+    }
+    let stats = runner.finish();
+    tracing::debug!(?stats, "hook runner stopped");
+    Ok(())
+}
+
+/// Starts the hook runner, reading `[hooks]` from the configuration at `config`.
+pub fn start_hooks(config: &std::path::Path) -> Result<Child, String> {
+    let path = config
+        .to_str()
+        .ok_or("the configuration path is not UTF-8")?
+        .to_owned();
+    Child::spawn(Role::Hooks, &["--config", &path])
+        .map_err(|e| format!("starting the hook runner: {e}"))
 }
 
 /// Starts the firewall helper for `table` and waits until it is ready.

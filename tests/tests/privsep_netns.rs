@@ -425,3 +425,128 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
     let _ = listener.kill();
     let _ = listener.wait();
 }
+
+/// Hooks configured: a third process runs them, keeping only CAP_SETUID, CAP_SETGID and
+/// CAP_KILL; a grant's open and expiry each run the rule's program as `nobody`, with the
+/// grant in its environment.
+#[test]
+fn hooks_run_in_their_own_process_as_nobody_on_open_and_expiry() {
+    if !privileged("hooks_run_in_their_own_process_as_nobody_on_open_and_expiry") {
+        return;
+    }
+    let (s, c) = (Netns::new("hsrv"), Netns::new("hcli"));
+    link(&s, "s-c", &["10.79.1.1/24"], &c, "c-s", &["10.79.1.2/24"]);
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let config = etc.join("server.toml").display().to_string();
+    let home = dir.path();
+    let port = PORT.to_string();
+    assert!(
+        run(
+            "spa-server",
+            &["init", "--dir", etc.to_str().unwrap(), "--port", &port],
+            home
+        )
+        .ok
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "protect = [\"ssh\"]",
+        &format!("protect = [\"tcp/{SERVICE}\"]"),
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[hooks]\nrun_as = \"nobody\"\ntimeout = \"5s\"\n\n[[hooks.rule]]\n\
+             user = \"alice\"\non_open = [\"/usr/bin/env\"]\non_close = [\"/usr/bin/id\", \"-u\"]\n"
+        ),
+    )
+    .unwrap();
+    let check = run("spa-server", &["--config", &config, "check"], home);
+    assert!(check.ok, "{check:?}");
+    let bundle = dir.path().join("alice.bundle").display().to_string();
+    let service = format!("tcp/{SERVICE}");
+    let r = run(
+        "spa-server",
+        &[
+            "--config",
+            &config,
+            "user",
+            "provision",
+            "alice",
+            "--allow",
+            &service,
+            "--endpoint",
+            "10.79.1.1",
+            "--out",
+            &bundle,
+        ],
+        home,
+    );
+    assert!(r.ok, "{r:?}");
+    let daemon = Daemon::start(&s, &config);
+    let pid = daemon.child.id();
+    let kids = children(pid);
+    assert_eq!(kids.len(), 2, "firewall helper and hook runner: {kids:?}");
+    let runner = *kids
+        .iter()
+        .find(|k| {
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{k}/cmdline")).unwrap())
+                .contains("hook-runner")
+        })
+        .expect("a hook-runner child");
+    let hooks_caps = (1 << 5) | (1 << 6) | (1 << 7); // CAP_KILL, CAP_SETGID, CAP_SETUID
+    for t in tasks(runner) {
+        assert_eq!(
+            privs(&format!("{t}/status")),
+            Privs {
+                inh: 0,
+                prm: hooks_caps,
+                eff: hooks_caps,
+                bnd: hooks_caps,
+                amb: 0,
+                no_new_privs: true,
+            },
+            "{t}"
+        );
+    }
+    c.run(&[
+        bin("spa-client").to_str().unwrap(),
+        "-q",
+        "--key",
+        &bundle,
+        "10.79.1.1",
+        &service,
+        "--for",
+        "2s",
+    ]);
+    daemon.wait_log("hook finished", Duration::from_secs(5));
+    let log = daemon.log_text();
+    for want in [
+        "SPA_EVENT=open",
+        "SPA_USER=alice",
+        "SPA_ADDRESS=10.79.1.2",
+        &format!("SPA_ACCESS=tcp/{SERVICE}"),
+        "SPA_DURATION=2",
+    ] {
+        assert!(
+            log.contains(want),
+            "{want} missing from the hook's environment: {log}"
+        );
+    }
+    // The expiry runs on_close, as nobody (uid 65534).
+    until("no hook ran at expiry", Duration::from_secs(6), || {
+        daemon.log_text().contains("event=expire")
+    });
+    until("expiry hook never finished", Duration::from_secs(6), || {
+        daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("event=expire") && l.contains("65534"))
+    });
+    assert!(
+        !daemon.log_text().contains("hook failed"),
+        "{}",
+        daemon.log_text()
+    );
+}
