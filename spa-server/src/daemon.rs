@@ -604,6 +604,10 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         let (live, stop) = (live.clone(), stop.clone());
         std::thread::spawn(move || {
             live.watch(Duration::from_millis(200), || stop.load(Ordering::Relaxed), |r| match r {
+                Ok(r @ crate::live::Reloaded::KeysChanged(_)) => {
+                    capture::trim_heap();
+                    tracing::info!(result = ?r, "server keys reloaded (a key rotation)")
+                }
                 Ok(r) => {
                     capture::trim_heap();
                     tracing::info!(result = ?r, "users store reloaded")

@@ -6,6 +6,11 @@
 //! in flight finishes on the view it started with, and none is dropped. Revocation and
 //! policy changes therefore take effect within one poll interval plus one parse
 //! (about 0.6 s for 100,000 users; see `bench/reload.sh`).
+//!
+//! The configuration file is polled the same way for a server key rotation
+//! (`spa-server rotate-key` rewrites `secret_key_file` and `previous_keys`): the new key
+//! becomes current, still-accepted old keys keep their precomputed directories, and only
+//! a key not seen before costs a DH per client. Other settings take effect at a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +71,9 @@ pub struct Live {
     current: ArcSwap<Snapshot>,
     users_file: PathBuf,
     stamp: std::sync::Mutex<Option<Stamp>>,
+    config_file: PathBuf,
+    config_stamp: std::sync::Mutex<Option<Stamp>>,
+    verifier_config: VerifierConfig,
 }
 
 /// What a reload did.
@@ -75,6 +83,8 @@ pub enum Reloaded {
     Unchanged,
     /// The file changed and the new view is live.
     Swapped(BuildStats),
+    /// The server keys changed (a rotation) and the new view is live.
+    KeysChanged(BuildStats),
 }
 
 impl Live {
@@ -85,30 +95,44 @@ impl Live {
         now: SystemTime,
     ) -> spa_keys::Result<Self> {
         let before = stamp(&config.users_file).ok();
+        let config_before = stamp(&config.path).ok();
         let users = Users::load(&config.users_file)?;
-        let keys = std::iter::once((config.secret_key()?, None)).chain(
-            config
-                .previous_secret_keys(now)?
-                .into_iter()
-                .map(|(k, until)| (k, Some(until))),
-        );
-        let identities = keys
-            .map(|(secret, accept_until)| {
-                let (directory, _) = directory::build(&secret, &users, None);
-                let verifier = Arc::new(Verifier::new(secret.clone(), verifier.clone()));
-                Identity {
-                    secret,
-                    verifier,
-                    directory,
-                    accept_until,
-                }
-            })
-            .collect();
+        let (identities, _) = identities(config, verifier, &users, None, now)?;
         Ok(Self {
             current: ArcSwap::from_pointee(Snapshot { identities }),
             users_file: config.users_file.clone(),
             stamp: std::sync::Mutex::new(before),
+            config_file: config.path.clone(),
+            config_stamp: std::sync::Mutex::new(config_before),
+            verifier_config: verifier.clone(),
         })
+    }
+
+    /// Reloads the server keys if the configuration file changed (a rotation). On an
+    /// invalid file or key the old view stays live and the error is returned.
+    pub fn reload_keys_if_changed(&self, now: SystemTime) -> spa_keys::Result<Reloaded> {
+        let seen = stamp(&self.config_file).map_err(|e| spa_keys::Error::io(&self.config_file, e))?;
+        let mut last = self.config_stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == Some(seen) {
+            return Ok(Reloaded::Unchanged);
+        }
+        // Seen, whatever comes of it: a broken file is reported once, not at every poll.
+        *last = Some(seen);
+        let config = ServerConfig::load(&self.config_file)?;
+        if config.users_file != self.users_file {
+            return Err(spa_keys::Error::Usage(
+                "users_file changed in the configuration: that takes a restart".into(),
+            ));
+        }
+        // Hold the users stamp too, so a users reload cannot interleave.
+        let users_stamp = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        let users = Users::load(&self.users_file)?;
+        let old = self.current.load_full();
+        let (identities, stats) =
+            identities(&config, &self.verifier_config, &users, Some(&old), now)?;
+        drop(users_stamp);
+        self.current.store(Arc::new(Snapshot { identities }));
+        Ok(Reloaded::KeysChanged(stats))
     }
 
     /// The current snapshot; cheap, for every knock.
@@ -125,6 +149,8 @@ impl Live {
         if *last == Some(now) {
             return Ok(Reloaded::Unchanged);
         }
+        // Seen, whatever comes of it: a broken file is reported once, not at every poll.
+        *last = Some(now);
         let users = Users::load(&self.users_file)?;
         let old = self.current.load_full();
         let mut total = BuildStats::default();
@@ -146,7 +172,6 @@ impl Live {
             .collect();
         drop(users);
         self.current.store(Arc::new(Snapshot { identities }));
-        *last = Some(now);
         Ok(Reloaded::Swapped(total))
     }
 
@@ -160,10 +185,58 @@ impl Live {
     ) {
         while !stop() {
             std::thread::sleep(interval);
-            let r = self.reload_if_changed();
-            if !matches!(r, Ok(Reloaded::Unchanged)) {
-                report(r);
+            for r in [
+                self.reload_keys_if_changed(SystemTime::now()),
+                self.reload_if_changed(),
+            ] {
+                if !matches!(r, Ok(Reloaded::Unchanged)) {
+                    report(r);
+                }
             }
         }
     }
+}
+
+/// The identities for `config`'s keys: the current key first, then previous keys still
+/// accepted at `now`. A key `old` already has keeps its verifier and directory (brought up
+/// to date with `users`, reusing every known client's DH).
+fn identities(
+    config: &ServerConfig,
+    verifier: &VerifierConfig,
+    users: &Users,
+    old: Option<&Snapshot>,
+    now: SystemTime,
+) -> spa_keys::Result<(Vec<Identity>, BuildStats)> {
+    let keys = std::iter::once((config.secret_key()?, None)).chain(
+        config
+            .previous_secret_keys(now)?
+            .into_iter()
+            .map(|(k, until)| (k, Some(until))),
+    );
+    let mut total = BuildStats::default();
+    let out = keys
+        .map(|(secret, accept_until)| {
+            let known = old.and_then(|o| {
+                o.identities
+                    .iter()
+                    .find(|id| id.secret.public() == secret.public())
+            });
+            let (directory, stats) =
+                directory::build(&secret, users, known.map(|id| &id.directory));
+            total.reused += stats.reused;
+            total.computed += stats.computed;
+            total.refused += stats.refused;
+            let verifier = known.map_or_else(
+                || Arc::new(Verifier::new(secret.clone(), verifier.clone())),
+                |id| id.verifier.clone(),
+            );
+            Identity {
+                secret,
+                verifier,
+                directory,
+                accept_until,
+            }
+        })
+        .collect();
+    Ok((out, total))
 }

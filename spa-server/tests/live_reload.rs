@@ -144,3 +144,72 @@ fn revoke_and_policy_changes_reach_a_running_verifier() {
         "reloads reuse the DH: {swaps:?}"
     );
 }
+
+/// `spa-server rotate-key` on a running server: knocks sealed for the new key open at once,
+/// knocks for the old key still open until its date, and the old key's directory is
+/// reused (no DH recomputed for it).
+#[test]
+fn a_key_rotation_reaches_a_running_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = init(dir.path(), Some(23456), &mut OsRng).unwrap();
+    let config = ServerConfig::load(&report.config).unwrap();
+    let alice = ClientSecret::generate(&mut OsRng);
+    let now = SystemTime::now();
+    let mut users = Users::default();
+    users
+        .add(User {
+            name: "alice".into(),
+            created: now,
+            allow: vec![Access::tcp(22).unwrap()],
+            max_duration_s: 60,
+            nat: false,
+            psk: None,
+            keys: vec![UserKey {
+                key: alice.public(),
+                revoked: false,
+                added: now,
+            }],
+        })
+        .unwrap();
+    users.save(&config.users_file).unwrap();
+    let live = Live::load(&config, &VerifierConfig::default(), now).unwrap();
+    let old = live.snapshot().identities[0].verifier.public();
+    assert_eq!(live.reload_keys_if_changed(now).unwrap(), Reloaded::Unchanged);
+
+    // The rotation rewrites the configuration (new key current, old one accepted a day).
+    // Coarse file times could hide a rewrite in the same tick; the stamp also has the inode.
+    let (_, new_key) =
+        spa_keys::server::rotate_key(&config, now + Duration::from_secs(86_400), &mut OsRng)
+            .unwrap();
+    let r = live.reload_keys_if_changed(now).unwrap();
+    let Reloaded::KeysChanged(stats) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (stats.computed, stats.reused),
+        (1, 1),
+        "only the new key's DH is computed"
+    );
+    let snap = live.snapshot();
+    assert_eq!(snap.identities.len(), 2);
+    assert_eq!(snap.identities[0].verifier.public(), new_key.public());
+    assert_eq!(snap.identities[1].verifier.public(), old);
+    drop(snap);
+    // A knock for the new key opens on the current identity.
+    let ts = 1_764_000_000_000u64;
+    assert_eq!(
+        knock(&live, &alice, &new_key.public(), ts),
+        Ok("alice".into())
+    );
+    assert_eq!(live.reload_keys_if_changed(now).unwrap(), Reloaded::Unchanged);
+
+    // A broken configuration keeps the view and reports the error.
+    std::fs::write(&config.path, "port = \"nope\"\n").unwrap();
+    assert!(live.reload_keys_if_changed(now).is_err());
+    assert_eq!(
+        live.reload_keys_if_changed(now).unwrap(),
+        Reloaded::Unchanged,
+        "reported once, not at every poll"
+    );
+    assert_eq!(live.snapshot().identities.len(), 2);
+}
