@@ -126,7 +126,7 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
                 out,
                 "new server key {} in {} (0600); the old key {} is accepted until {}.\n\
                  a running spa-server takes both up within a second.\n\
-                 give clients the new card: spa-server card --endpoint HOST
+                 give clients the new card: spa-server card --endpoint HOST",
                 key.public().key_id(),
                 file.display(),
                 config.secret_key()?.public().key_id(),
