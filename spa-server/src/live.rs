@@ -111,7 +111,8 @@ impl Live {
     /// Reloads the server keys if the configuration file changed (a rotation). On an
     /// invalid file or key the old view stays live and the error is returned.
     pub fn reload_keys_if_changed(&self, now: SystemTime) -> spa_keys::Result<Reloaded> {
-        let seen = stamp(&self.config_file).map_err(|e| spa_keys::Error::io(&self.config_file, e))?;
+        let seen =
+            stamp(&self.config_file).map_err(|e| spa_keys::Error::io(&self.config_file, e))?;
         let mut last = self.config_stamp.lock().unwrap_or_else(|p| p.into_inner());
         if *last == Some(seen) {
             return Ok(Reloaded::Unchanged);

@@ -174,7 +174,10 @@ fn a_key_rotation_reaches_a_running_verifier() {
     users.save(&config.users_file).unwrap();
     let live = Live::load(&config, &VerifierConfig::default(), now).unwrap();
     let old = live.snapshot().identities[0].verifier.public();
-    assert_eq!(live.reload_keys_if_changed(now).unwrap(), Reloaded::Unchanged);
+    assert_eq!(
+        live.reload_keys_if_changed(now).unwrap(),
+        Reloaded::Unchanged
+    );
 
     // The rotation rewrites the configuration (new key current, old one accepted a day).
     // Coarse file times could hide a rewrite in the same tick; the stamp also has the inode.
@@ -201,7 +204,10 @@ fn a_key_rotation_reaches_a_running_verifier() {
         knock(&live, &alice, &new_key.public(), ts),
         Ok("alice".into())
     );
-    assert_eq!(live.reload_keys_if_changed(now).unwrap(), Reloaded::Unchanged);
+    assert_eq!(
+        live.reload_keys_if_changed(now).unwrap(),
+        Reloaded::Unchanged
+    );
 
     // A broken configuration keeps the view and reports the error.
     std::fs::write(&config.path, "port = \"nope\"\n").unwrap();
