@@ -211,10 +211,15 @@ pub fn batch(table: &str, changes: &[GateChange], first_seq: u32) -> (Vec<u8>, u
     (out, acks)
 }
 
-/// Reads ACKs until `expected` arrived; the first error is returned (the kernel then has
-/// aborted the whole transaction).
-fn read_acks(socket: &Socket, expected: u32) -> io::Result<()> {
+/// Reads the responses to a batch that began with sequence number `first` and carried
+/// `expected` messages asking for an ACK (`first + 1 ..= first + expected`). On an error
+/// the kernel aborts the whole transaction but still answers every message, so all
+/// responses are read (none is left for the next batch to mistake for its own) and the
+/// first error is returned. Responses to older batches are skipped by sequence number;
+/// an error naming the batch header itself (e.g. out of memory) ends the batch at once.
+fn read_acks(socket: &Socket, first: u32, expected: u32) -> io::Result<()> {
     let mut got = 0;
+    let mut failed = None;
     while got < expected {
         let (buf, _) = socket.recv_from_full()?;
         let mut at = 0;
@@ -228,21 +233,27 @@ fn read_acks(socket: &Socket, expected: u32) -> io::Result<()> {
                 ));
             }
             if kind == NLMSG_ERROR {
+                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
                 let code = buf
                     .get(at + 16..at + 20)
                     .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
                     .ok_or_else(|| {
                         io::Error::new(io::ErrorKind::InvalidData, "short netlink error")
                     })?;
-                if code != 0 {
+                if seq == first && code != 0 {
                     return Err(io::Error::from_raw_os_error(-code));
                 }
-                got += 1;
+                if seq.wrapping_sub(first.wrapping_add(1)) < expected {
+                    if code != 0 && failed.is_none() {
+                        failed = Some(io::Error::from_raw_os_error(-code));
+                    }
+                    got += 1;
+                }
             }
             at += (len + 3) & !3;
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// A gate that talks netlink to nf_tables.
@@ -271,10 +282,11 @@ impl Gate for NetlinkGate {
         if changes.is_empty() {
             return Ok(());
         }
-        let (bytes, acks) = batch(&self.table, changes, self.seq);
+        let first = self.seq;
+        let (bytes, acks) = batch(&self.table, changes, first);
         self.seq = self.seq.wrapping_add(acks + 2);
         self.socket.send(&bytes, 0)?;
-        read_acks(&self.socket, acks)
+        read_acks(&self.socket, first, acks)
     }
 }
 
