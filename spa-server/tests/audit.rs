@@ -434,3 +434,27 @@ fn follow_sees_new_records_across_a_rotation() {
     assert!(log::files(tmp.path()).unwrap().len() > 2);
     assert_eq!(*seen.lock().unwrap(), (1..9).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_rotation_never_overwrites_a_rotated_file_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    create_chain(tmp.path(), &key()).unwrap();
+    let (mut log, _) = AuditLog::open(tmp.path(), 400).unwrap();
+    log.append(&mut [rec(0)]).unwrap();
+    // Something already holds the name the current file would rotate to.
+    let squatter = tmp.path().join(format!("audit-{:020}.jsonl", 0));
+    std::fs::write(&squatter, "precious\n").unwrap();
+    let mut big = rec(1);
+    big.user = Some("x".repeat(400));
+    assert!(
+        log.append(&mut [big.clone()]).is_err(),
+        "refused, not replaced"
+    );
+    assert_eq!(std::fs::read_to_string(&squatter).unwrap(), "precious\n");
+    // Nothing was counted as written: the chain goes on from record 1 once the name is free.
+    std::fs::rename(&squatter, tmp.path().join("elsewhere")).unwrap();
+    log.append(&mut [big]).unwrap();
+    log.append(&mut [rec(2)]).unwrap();
+    log.flush().unwrap();
+    assert_eq!(read::verify(tmp.path(), &key(), None).unwrap().records, 3);
+}

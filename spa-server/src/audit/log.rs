@@ -23,6 +23,9 @@ pub const CURRENT: &str = "audit.jsonl";
 /// The chain state.
 pub const STATE: &str = "chain.state";
 const STATE_LEN: usize = 8 + 32;
+/// How far past the saved state the last record may be (records written since the last
+/// state save; the state is saved every flush, so this is generous).
+const MAX_LAG: u64 = 1 << 20;
 
 /// An audit log error. Never contains key material.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,8 @@ pub struct AuditLog {
     chain: Chain,
     state: File,
     dirty: bool,
+    /// The current file was rotated away and not opened again yet.
+    reopen: bool,
 }
 
 impl AuditLog {
@@ -224,14 +229,20 @@ impl AuditLog {
             let parsed = record::split(&line)
                 .and_then(|(body, mac)| Some((serde_json::from_str::<Record>(&body).ok()?, mac)));
             match parsed {
-                Some((rec, mac)) if rec.seq >= saved_seq => {
+                // The state lags the log by at most one flush interval of records; a tail
+                // claiming far more is damaged or forged, and is not walked to.
+                Some((rec, mac)) if rec.seq >= saved_seq && rec.seq - saved_seq < MAX_LAG => {
                     chain.fast_forward(rec.seq, [0; 32]);
                     report.tail_mismatch = !chain.mac_matches(&line);
                     chain.fast_forward(rec.seq + 1, mac);
                 }
-                Some((rec, mac)) => {
+                Some((rec, mac)) if rec.seq < saved_seq => {
                     // The state is ahead: records saved to disk are gone.
                     report.missing = saved_seq - rec.seq - 1;
+                    chain = Chain::resume(*chain.key(), saved_seq, mac);
+                }
+                Some((_, mac)) => {
+                    report.tail_mismatch = true;
                     chain = Chain::resume(*chain.key(), saved_seq, mac);
                 }
                 None => report.tail_mismatch = true,
@@ -252,6 +263,7 @@ impl AuditLog {
                 chain,
                 state,
                 dirty: false,
+                reopen: false,
             },
             report,
         ))
@@ -269,10 +281,14 @@ impl AuditLog {
         for r in records.iter_mut() {
             buf.push_str(&chain.seal(r));
         }
+        let current = self.dir.join(CURRENT);
+        if self.reopen {
+            self.file = open_private(&current)?;
+            self.reopen = false;
+        }
         if self.len > 0 && self.len + buf.len() as u64 > self.rotate_bytes {
             self.rotate()?;
         }
-        let current = self.dir.join(CURRENT);
         if let Err(e) = self.file.write_all(buf.as_bytes()) {
             let _ = self.file.set_len(self.len);
             return Err(AuditError::Io {
@@ -292,12 +308,18 @@ impl AuditLog {
         self.file.sync_data().map_err(io(&current))?;
         let first = self.first_seq.unwrap_or(self.chain.next_seq());
         let to = self.dir.join(format!("audit-{first:020}.jsonl"));
-        std::fs::rename(&current, &to).map_err(io(&to))?;
-        self.file = open_private(&current)?;
-        sync_dir(&self.dir)?;
+        // A link never replaces an existing file (unlike rename): a rotated file is never
+        // overwritten, whatever went wrong before.
+        std::fs::hard_link(&current, &to).map_err(io(&to))?;
+        std::fs::remove_file(&current).map_err(io(&current))?;
+        // From here the records are safe under the new name; the current file is gone
+        // until it is opened again (here, or by the next append if this fails).
         self.len = 0;
         self.first_seq = None;
-        Ok(())
+        self.reopen = true;
+        self.file = open_private(&current)?;
+        self.reopen = false;
+        sync_dir(&self.dir)
     }
 
     /// fdatasyncs the log, then saves the chain state (the key for the next record,

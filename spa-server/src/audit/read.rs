@@ -71,6 +71,9 @@ pub fn verify(
     key: &AuditKey,
     anchor: Option<(u64, &str)>,
 ) -> Result<Verified, VerifyError> {
+    // The state first: it never runs ahead of the synced log, so records a running daemon
+    // writes while we read cannot make a healthy log look cut off.
+    let saved = state_seq(dir);
     let list = files(dir)?;
     let mut chain = Chain::start(key);
     let mut anchor_ok = anchor.is_none();
@@ -122,7 +125,7 @@ pub fn verify(
             what: format!("the anchor names record {seq}"),
         });
     }
-    if let Some(saved) = state_seq(dir) {
+    if let Some(saved) = saved {
         if saved > next {
             return Err(VerifyError::Truncated {
                 last,
