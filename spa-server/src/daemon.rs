@@ -57,26 +57,22 @@ impl GrantTimers {
     /// The changes for a batch of accepted knocks, updating the timers: a repeated
     /// knock refreshes (one element, new timeout), a close removes at once.
     pub fn changes(&mut self, grants: &[Grant], now: Instant) -> Vec<GateChange> {
+        let out = Self::plan(grants);
+        self.commit(grants, now);
+        out
+    }
+
+    /// The changes for a batch, without touching the timers (they do not depend on them).
+    pub fn plan(grants: &[Grant]) -> Vec<GateChange> {
         let mut out = Vec::new();
         for g in grants {
             for &access in &g.access {
-                let key = (g.addr, access);
-                if let Some(old) = self.by_grant.remove(&key) {
-                    self.due.remove(&old);
-                }
                 match g.action {
-                    Action::Open => {
-                        let timeout = Duration::from_secs(u64::from(g.duration_s.max(1)));
-                        self.seq += 1;
-                        let at = (now + timeout, self.seq);
-                        self.due.insert(at, (g.user.clone(), g.addr, access));
-                        self.by_grant.insert(key, at);
-                        out.push(GateChange::Open {
-                            addr: g.addr,
-                            access,
-                            timeout,
-                        });
-                    }
+                    Action::Open => out.push(GateChange::Open {
+                        addr: g.addr,
+                        access,
+                        timeout: Duration::from_secs(u64::from(g.duration_s.max(1))),
+                    }),
                     Action::Close => out.push(GateChange::Close {
                         addr: g.addr,
                         access,
@@ -85,6 +81,25 @@ impl GrantTimers {
             }
         }
         out
+    }
+
+    /// Updates the timers for a batch the firewall has applied.
+    pub fn commit(&mut self, grants: &[Grant], now: Instant) {
+        for g in grants {
+            for &access in &g.access {
+                let key = (g.addr, access);
+                if let Some(old) = self.by_grant.remove(&key) {
+                    self.due.remove(&old);
+                }
+                if g.action == Action::Open {
+                    let timeout = Duration::from_secs(u64::from(g.duration_s.max(1)));
+                    self.seq += 1;
+                    let at = (now + timeout, self.seq);
+                    self.due.insert(at, (g.user.clone(), g.addr, access));
+                    self.by_grant.insert(key, at);
+                }
+            }
+        }
     }
 
     /// Grants whose time is up (the kernel has removed them): for expiry records.
@@ -232,11 +247,13 @@ fn apply_batch(
         tracing::error!(error = %e, grants = batch.len(), "audit log not written; knocks refused, nothing opened (fail closed)");
         return;
     }
-    let changes = timers.changes(batch, Instant::now());
+    // The timers follow the firewall: they change only once the batch is applied.
+    let changes = GrantTimers::plan(batch);
     let applying = Instant::now();
     match gate.apply(&changes) {
         Ok(()) => {
             let applied = Instant::now();
+            timers.commit(batch, applied);
             for g in batch {
                 let queued_us = applying.saturating_duration_since(g.received).as_micros() as u64;
                 let apply_us = applied.saturating_duration_since(applying).as_micros() as u64;
@@ -758,6 +775,34 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    struct FailingGate;
+
+    impl Gate for FailingGate {
+        fn apply(&mut self, _: &[GateChange]) -> std::io::Result<()> {
+            Err(std::io::Error::other("nf_tables said no"))
+        }
+    }
+
+    #[test]
+    fn a_failed_firewall_change_is_recorded_and_leaves_the_timers_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (h, _rx) = GateHandle::new(Box::new(FailingGate), auditor(&dir, 1 << 20));
+        assert!(h.submit(grant(Action::Open, 22, 30)));
+        assert!(h.open_grants(Instant::now()).is_empty(), "nothing opened");
+        assert!(h.submit(grant(Action::Open, 22, 30)));
+        assert_eq!(
+            decisions(&dir),
+            [
+                Decision::Granted,
+                Decision::Failed,
+                Decision::Granted,
+                Decision::Failed
+            ],
+            "a knock after a failure is not a refresh of something that never opened"
+        );
     }
 
     #[test]

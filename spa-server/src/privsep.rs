@@ -63,9 +63,10 @@ use spa_proto::{Access, Proto};
 
 use crate::daemon::{Gate, GateChange};
 
-/// Changes in one request. The gate worker batches up to 1024 grants of up to 4 entries
-/// each; [`RemoteGate`] splits larger batches.
-pub const MAX_CHANGES: usize = 1024;
+/// Changes in one request: the gate worker's largest batch (1024 grants of up to 4
+/// entries each), so one batch is one request and one netlink transaction, all or
+/// nothing. [`RemoteGate`] splits anything larger.
+pub const MAX_CHANGES: usize = 4096;
 /// The longest grant the helper applies: the longest duration a configuration allows.
 pub const MAX_TIMEOUT_S: u32 = 30 * 86_400;
 /// The longest error text in a reply.
@@ -1037,7 +1038,7 @@ mod tests {
         );
         refused(
             &|m| m[5..7].copy_from_slice(&(MAX_CHANGES as u16 + 1).to_be_bytes()),
-            "1025 changes",
+            "4097 changes",
         );
         refused(&|m| m[change(0)] = 3, "unknown operation");
         refused(&|m| m[change(1)] = 5, "address family");
