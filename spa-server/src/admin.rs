@@ -39,7 +39,11 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
             let r = server::init(dir, *port, &mut OsRng)?;
             let config = ServerConfig::load(&r.config)?;
             let audit_key = AuditKey::generate(&mut OsRng);
-            fsutil::create_secret(
+            // The chain first: if one exists already (a reinstall), no key file is written
+            // that would not match it.
+            crate::audit::log::create_chain(&config.audit_dir, &audit_key)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let written = fsutil::create_secret(
                 &key_out,
                 &format!(
                     "# The first key of the spa audit log's MAC chain ({}).\n\
@@ -47,9 +51,12 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<()> {
                     config.audit_dir.display(),
                     *audit_key.to_text()
                 ),
-            )?;
-            crate::audit::log::create_chain(&config.audit_dir, &audit_key)
-                .map_err(|e| Error::Usage(e.to_string()))?;
+            );
+            if written.is_err() {
+                // A chain whose first key nobody has can never be verified.
+                let _ = std::fs::remove_file(config.audit_dir.join(crate::audit::log::STATE));
+            }
+            written?;
             writeln!(
                 out,
                 "created {} (config), {} (secret key, 0600), {} (users), {} (audit log)\nSPA port: udp/{}\nserver public key: {}\n\
