@@ -8,6 +8,11 @@
 //! `lab bench` sets up the lab and runs the measurements; it re-invokes itself inside a
 //! namespace (`lab probe|flood|burst ...`) for the client side. Every loop is bounded in
 //! count and time; the namespaces are deleted on exit.
+//!
+//! `lab fwknop DIR` runs spa and Debian's fwknopd (pcap and `--udp-server`) in the same
+//! lab, pinned the same way (module `fwknop`, run by `bench/fwknop.sh`).
+
+mod fwknop;
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -474,6 +479,10 @@ fn main() {
         .as_slice()
     {
         ["bench"] => bench(),
+        ["fwknop", dir] => fwknop::compare(dir),
+        ["fwprobe", src, arg] => fwknop::probe(src, arg),
+        ["fwsend", src, to, rate] => fwknop::send(src, to, rate),
+        ["fwjunk", to, port, kind, count, rate] => fwknop::junk(to, port, kind, count, rate),
         ["probe", bundle, rounds] => probe(bundle, rounds.parse().unwrap()),
         ["flood", to, count, rate] => {
             let mut junk = vec![[0x5au8; 242]; 1];
@@ -534,7 +543,7 @@ fn main() {
             );
         }
         _ => {
-            eprintln!("usage: lab bench   (as root; see bench/server.sh)");
+            eprintln!("usage: lab bench | lab fwknop DIR   (as root; see bench/server.sh, bench/fwknop.sh)");
             std::process::exit(2);
         }
     }
