@@ -486,7 +486,7 @@ fn open_audit(config: &spa_keys::server::ServerConfig) -> Result<Auditor, String
         .write(&mut started)
         .and_then(|()| audit.flush())
         .map_err(|e| format!("audit log: {e}"))?;
-    log_head(&audit.head());
+    log_head(&audit.synced_head());
     Ok(audit)
 }
 
@@ -647,7 +647,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
                 }
                 // The external anchor: the head, to the journal, once a minute if it moved.
                 if anchored.0.elapsed() >= AUDIT_ANCHOR_EVERY {
-                    let head = audit.head();
+                    let head = audit.synced_head();
                     if head.is_some() && head != anchored.1 {
                         log_head(&head);
                     }
@@ -707,7 +707,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         .and_then(|()| audit.write(&mut stopped))
         .and_then(|()| audit.flush())
         .map_err(|e| format!("final audit flush: {e}"))?;
-    log_head(&audit.head());
+    log_head(&audit.synced_head());
     tracing::info!(counters = ?pipeline.counters.snapshot(), "spa-server stopped; table inet {} left in place", config.table);
     if helper_died.load(Ordering::SeqCst) {
         return Err(

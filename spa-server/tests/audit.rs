@@ -458,3 +458,19 @@ fn a_rotation_never_overwrites_a_rotated_file_and_recovers() {
     log.flush().unwrap();
     assert_eq!(read::verify(tmp.path(), &key(), None).unwrap().records, 3);
 }
+
+#[test]
+fn the_anchor_names_only_records_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    create_chain(tmp.path(), &key()).unwrap();
+    let (audit, _) = Auditor::open(tmp.path(), 1 << 20, Duration::from_secs(60), 10, t(0)).unwrap();
+    audit.write(&mut [rec(0), rec(1)]).unwrap();
+    assert_eq!(audit.synced_head(), None, "written, not yet synced");
+    assert_eq!(audit.head().unwrap().0, 1);
+    audit.flush().unwrap();
+    assert_eq!(audit.synced_head(), audit.head());
+    audit.write(&mut [rec(2)]).unwrap();
+    assert_eq!(audit.synced_head().unwrap().0, 1);
+    let (seq, mac) = audit.synced_head().unwrap();
+    read::verify(tmp.path(), &key(), Some((seq, &mac))).unwrap();
+}

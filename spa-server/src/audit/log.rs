@@ -345,6 +345,7 @@ impl AuditLog {
             bytes: state_bytes(self.chain.next_seq(), &self.chain.key()),
             current,
             state_path,
+            head: self.head(),
         };
         self.dirty = false;
         Ok(Some(p))
@@ -375,9 +376,15 @@ pub struct PendingFlush {
     bytes: Zeroizing<[u8; STATE_LEN]>,
     current: PathBuf,
     state_path: PathBuf,
+    head: Option<(u64, String)>,
 }
 
 impl PendingFlush {
+    /// The head this flush makes durable.
+    pub fn head(&self) -> Option<(u64, String)> {
+        self.head.clone()
+    }
+
     /// Syncs the log, then writes and syncs the state: the state never runs ahead of
     /// the records on disk.
     pub fn finish(self) -> Result<(), AuditError> {

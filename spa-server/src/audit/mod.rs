@@ -53,6 +53,7 @@ pub struct Auditor {
     interval: Duration,
     /// Authenticated rejects recorded one by one per key and interval.
     pub rejects_per_key: u32,
+    synced: Mutex<Option<(u64, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,6 +80,7 @@ impl Auditor {
                 }),
                 interval,
                 rejects_per_key,
+                synced: Mutex::new(None),
             },
             report,
         ))
@@ -156,12 +158,21 @@ impl Auditor {
         let Some(pending) = lock(&self.log).begin_flush()? else {
             return Ok(());
         };
+        let head = pending.head();
         pending
             .finish()
-            .inspect_err(|_| lock(&self.log).mark_dirty())
+            .inspect_err(|_| lock(&self.log).mark_dirty())?;
+        *lock(&self.synced) = head;
+        Ok(())
     }
 
-    /// The last record's sequence number and MAC (the external anchor).
+    /// The last record known to be on disk (fdatasync'd), for the external anchor: an
+    /// anchor never names a record a power loss could still take away.
+    pub fn synced_head(&self) -> Option<(u64, String)> {
+        lock(&self.synced).clone()
+    }
+
+    /// The last record written (in memory; it may not be on disk yet, see [`Self::synced_head`]).
     pub fn head(&self) -> Option<(u64, String)> {
         lock(&self.log).head()
     }
