@@ -265,7 +265,11 @@ fn audit(cli: &Cli, args: &AuditArgs, out: &mut impl Write) -> Result<()> {
         writeln!(out, "{}", read::header()).map_err(io)?;
     }
     let mut bad = 0usize;
+    let last_seq = std::cell::Cell::new(None);
     let mut print = |r: std::result::Result<crate::audit::Record, String>| -> std::io::Result<()> {
+        if let Ok(r) = &r {
+            last_seq.set(Some(r.seq));
+        }
         match r {
             Ok(r) if filter.matches(&r) => {
                 if args.json {
@@ -285,7 +289,8 @@ fn audit(cli: &Cli, args: &AuditArgs, out: &mut impl Write) -> Result<()> {
     };
     read::for_each(dir, &mut print).map_err(usage)?;
     if args.follow {
-        read::follow(dir, || false, &mut print).map_err(usage)?;
+        let after = last_seq.get();
+        read::follow(dir, after, || false, &mut print).map_err(usage)?;
     }
     if bad > 0 {
         return Err(Error::Usage(format!(

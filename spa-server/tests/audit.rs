@@ -406,6 +406,8 @@ fn follow_sees_new_records_across_a_rotation() {
     create_chain(tmp.path(), &key()).unwrap();
     let (mut log, _) = AuditLog::open(tmp.path(), 600).unwrap();
     log.append(&mut [rec(0)]).unwrap();
+    // A query showed record 0; record 1 lands before --follow starts: it must not be lost.
+    log.append(&mut [rec(1)]).unwrap();
     let dir = tmp.path().to_owned();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let follower = {
@@ -415,6 +417,7 @@ fn follow_sees_new_records_across_a_rotation() {
             let stop_seen = seen.clone();
             read::follow(
                 &dir,
+                Some(0),
                 || stop_seen.lock().unwrap().len() >= 8 || std::time::Instant::now() > deadline,
                 |r| {
                     seen.lock().unwrap().push(r.unwrap().seq);
@@ -425,7 +428,7 @@ fn follow_sees_new_records_across_a_rotation() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    for i in 1..9 {
+    for i in 2..9 {
         // Small rotation size: the records spread over several files.
         log.append(&mut [rec(i)]).unwrap();
         std::thread::sleep(Duration::from_millis(250));

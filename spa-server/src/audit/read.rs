@@ -224,13 +224,26 @@ fn read_lines(
     }
 }
 
-/// After [`for_each`], follows the current file (and the files it rotates into) for new
-/// records until `stop` returns true.
+/// After [`for_each`] (which saw records up to `after`), follows the current file (and
+/// the files it rotates into) for new records until `stop` returns true. The current file
+/// is read again from its start and records up to `after` are skipped, so nothing written
+/// between the two calls is lost and nothing is shown twice.
 pub fn follow(
     dir: &Path,
+    after: Option<u64>,
     mut stop: impl FnMut() -> bool,
-    mut f: impl FnMut(Result<Record, String>) -> std::io::Result<()>,
+    mut deliver: impl FnMut(Result<Record, String>) -> std::io::Result<()>,
 ) -> Result<(), AuditError> {
+    let mut past = after.is_none();
+    let mut f = |r: Result<Record, String>| match &r {
+        Ok(rec) if after.is_some_and(|a| rec.seq <= a) => Ok(()),
+        Ok(_) => {
+            past = true;
+            deliver(r)
+        }
+        Err(_) if !past => Ok(()),
+        Err(_) => deliver(r),
+    };
     use std::os::unix::fs::MetadataExt;
     let current = dir.join(CURRENT);
     let io = |source| AuditError::Io {
@@ -244,8 +257,6 @@ pub fn follow(
     };
     let (file, mut ino) = open()?;
     let mut reader = BufReader::new(file);
-    // Skip what was already shown.
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(io)?;
     let mut partial = String::new();
     while !stop() {
         let mut chunk = String::new();
