@@ -477,3 +477,39 @@ fn the_anchor_names_only_records_on_disk() {
     let (seq, mac) = audit.synced_head().unwrap();
     read::verify(tmp.path(), &key(), Some((seq, &mac))).unwrap();
 }
+
+#[test]
+fn a_byte_that_is_not_utf8_is_an_edit_at_its_line_not_an_io_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), 5, 1 << 20);
+    let path = current(tmp.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(2)
+        .unwrap()
+        .0
+        + 10;
+    bytes[at] = 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let (_, line, what) = bad_at(tmp.path());
+    assert_eq!(line, 4);
+    assert!(
+        what.contains("edited") || what.contains("not an audit record"),
+        "{what}"
+    );
+    // A query goes on past it, reporting that one line.
+    let (mut ok, mut bad) = (0, 0);
+    read::for_each(tmp.path(), |r| {
+        if r.is_ok() {
+            ok += 1
+        } else {
+            bad += 1
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((ok, bad), (4, 1));
+}

@@ -78,20 +78,22 @@ pub fn verify(
     let mut chain = Chain::start(key);
     let mut anchor_ok = anchor.is_none();
     for (fi, path) in list.iter().enumerate() {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         File::open(path)
-            .and_then(|mut f| f.read_to_string(&mut text))
+            .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|source| AuditError::Io {
                 path: path.clone(),
                 source,
             })?;
+        // A byte that is not UTF-8 was edited in: read lossily, and its line's MAC fails.
+        let text = String::from_utf8_lossy(&bytes);
         let bad = |line: usize, l: &str, what: String| VerifyError::Bad {
             file: path.clone(),
             line,
             seq: seq_of(l),
             what,
         };
-        let mut rest = text.as_str();
+        let mut rest: &str = &text;
         let mut n = 0;
         while !rest.is_empty() {
             n += 1;
@@ -210,14 +212,15 @@ fn read_lines(
         path: path.to_owned(),
         source,
     };
-    let mut line = String::new();
+    let mut raw = Vec::new();
     let mut n = 0;
     loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(io)? == 0 {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw).map_err(io)? == 0 {
             return Ok(());
         }
         n += 1;
+        let line = String::from_utf8_lossy(&raw);
         let r = parse(line.trim_end())
             .ok_or_else(|| format!("{}:{n}: not an audit record", path.display()));
         f(r).map_err(io)?;
@@ -259,8 +262,9 @@ pub fn follow(
     let mut reader = BufReader::new(file);
     let mut partial = String::new();
     while !stop() {
-        let mut chunk = String::new();
-        reader.read_line(&mut chunk).map_err(io)?;
+        let mut raw = Vec::new();
+        reader.read_until(b'\n', &mut raw).map_err(io)?;
+        let chunk = String::from_utf8_lossy(&raw);
         if !chunk.is_empty() {
             partial.push_str(&chunk);
             if partial.ends_with('\n') {
@@ -276,9 +280,9 @@ pub fn follow(
             Ok(m) if m.ino() != ino => {
                 // Rotated: finish the old file (records may have landed after our last
                 // read and before the rename), then go on with the new one.
-                let mut rest = String::new();
-                reader.read_to_string(&mut rest).map_err(io)?;
-                partial.push_str(&rest);
+                let mut rest = Vec::new();
+                reader.read_to_end(&mut rest).map_err(io)?;
+                partial.push_str(&String::from_utf8_lossy(&rest));
                 for line in partial.split_inclusive('\n') {
                     let r = parse(line.trim_end())
                         .ok_or_else(|| format!("{}: not an audit record", current.display()));
