@@ -341,8 +341,8 @@ pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
     }
 }
 
-/// Runs one capture worker until `stop` is set: frames arrive in batches (one recvmmsg
-/// call for up to 64), each goes through the pipeline.
+/// Runs one capture worker until `stop` is set: frames are taken from the socket's
+/// receive ring in batches of up to 64, each goes through the pipeline.
 pub fn capture_worker(
     socket: crate::capture::PacketSocket,
     interfaces: Arc<Vec<i32>>,
@@ -350,7 +350,8 @@ pub fn capture_worker(
     grants: Arc<GateHandle>,
     stop: Arc<AtomicBool>,
 ) {
-    // Knocks are 242 bytes; a frame longer than a buffer is dropped as truncated.
+    // Knocks are 242 bytes; a frame longer than a ring slot arrives cut to it and is
+    // dropped as truncated.
     let mut batch = crate::capture::RecvBatch::new(64, 2048);
     // Rejects before authentication are counted here, without a lock, and handed to the
     // audit summaries about once a second.
@@ -550,7 +551,14 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     let filter = crate::packet::bpf_filter(config.port);
     let group = (std::process::id() & 0xffff) as u16;
     let sockets = (0..workers)
-        .map(|_| PacketSocket::open(&filter, Some(group), Duration::from_millis(200)))
+        .map(|_| {
+            PacketSocket::open(
+                &filter,
+                Some(group),
+                Duration::from_millis(200),
+                capture::ring_frames(workers),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("opening the capture socket: {e}"))?;
     // Privilege separation (crate::privsep): the firewall helper keeps CAP_NET_ADMIN; this

@@ -1204,7 +1204,7 @@ mod tests {
             let bits = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
             assert_ne!(bits & libc::SECBIT_NOROOT_LOCKED, 0);
             // A packet socket needs CAP_NET_RAW, which is gone.
-            let err = crate::capture::PacketSocket::open(&[], None, Duration::from_millis(10))
+            let err = crate::capture::PacketSocket::open(&[], None, Duration::from_millis(10), 512)
                 .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         })
