@@ -4,6 +4,7 @@
 # firewall and interfaces are never touched.
 #
 #   [client]  c-s 10.88.1.2 ──── s-c 10.88.1.1  [server]  sshd :22, spa-server (udp/23456)
+#                 fd88:1::2           fd88:1::1
 #   [thief]   a-s 10.88.2.2 ──── s-a 10.88.2.1  [server]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ for ns in "$S" "$C" "$A"; do ip netns add "$ns"; ip -n "$ns" link set lo up; don
 ip -n "$S" link add s-c type veth peer name c-s netns "$C"
 ip -n "$S" link add s-a type veth peer name a-s netns "$A"
 ip -n "$S" addr add 10.88.1.1/24 dev s-c; ip -n "$C" addr add 10.88.1.2/24 dev c-s
+ip -n "$S" addr add fd88:1::1/64 dev s-c nodad; ip -n "$C" addr add fd88:1::2/64 dev c-s nodad
 ip -n "$S" addr add 10.88.2.1/24 dev s-a; ip -n "$A" addr add 10.88.2.2/24 dev a-s
 for l in "$S s-c" "$S s-a" "$C c-s" "$A a-s"; do set -- $l; ip -n "$1" link set "$2" up; done
 echo "   $S, $C, $A"
@@ -107,6 +109,17 @@ ssh_client 'sleep 13; echo "   the session opened during the grant is still aliv
 SESSION=$!
 if ip netns exec "$A" "${SSH[@]}" root@10.88.2.1 true; then echo "   UNEXPECTED: the thief got in"; exit 1; fi
 echo "   the thief's ssh (from 10.88.2.2) still times out"
+
+say "3b. The same over IPv6"
+CARD6=$("$BIN/spa-server" --config "$CONFIG" card --endpoint '[fd88:1::1]')
+"$BIN/spa-client" --key "$WORK/alice.spa" add-server srv6 "$CARD6" >/dev/null
+run "spa-client --key alice.spa srv6 ssh --for 10s    (srv6: this server's card at fd88:1::1)"
+ip netns exec "$C" "$BIN/spa-client" --key "$WORK/alice.spa" srv6 ssh --for 10s | sed 's/^/   /'
+run "ssh root@fd88:1::1 'echo hello over IPv6'"
+out=""
+for _ in $(seq 20); do out=$(ip netns exec "$C" "${SSH[@]}" root@fd88:1::1 'echo hello over IPv6' 2>/dev/null) && break; sleep 0.1; done
+[ -n "$out" ] || { echo "   UNEXPECTED: ssh over IPv6 did not get in"; exit 1; }
+echo "   $out"
 
 say "4. The audit log shows the grant"
 run "spa-server audit --user alice"
