@@ -1,6 +1,7 @@
 //! Helpers for spa's end-to-end tests: the real binaries, run as a user would.
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -23,11 +23,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::OsRng;
 use serde_json::Value;
+use spa_e2e::daemon::{until, Daemon};
 use spa_e2e::netns::{link, nmap_state, privileged, tcp_listener, Netns};
 use spa_e2e::{bin, run};
 use spa_keys::profile::{Profile, ServerEntry};
@@ -59,93 +59,6 @@ const SRC_OTHER_SERVER: &str = "10.79.2.13";
 const SRC_REPLAY: &str = "10.79.2.14";
 const SRC_CAPTURE: &str = "10.79.2.15";
 const SRC_MISMATCH: &str = "10.79.2.16";
-
-// ---------------------------------------------------------------------------------------
-// The daemon.
-
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, config: &str) -> Self {
-        let mut child = ns.spawn(&[
-            bin("spa-server").to_str().unwrap(),
-            "--config",
-            config,
-            "run",
-        ]);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let d = Self { child, log };
-        d.wait_log("spa-server running", 1, Duration::from_secs(30));
-        d
-    }
-
-    fn count_log(&self, needle: &str) -> usize {
-        let log = self.log.lock().unwrap();
-        log.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    fn wait_log(&self, needle: &str, n: usize, limit: Duration) {
-        until(
-            &format!("daemon never logged {needle:?} {n} times"),
-            limit,
-            || self.count_log(needle) >= n,
-        );
-    }
-
-    /// SIGKILL: no chance to clean up or write anything more.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and a clean exit within 10 s.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "daemon exited with {status}: {:#?}",
-                    self.log.lock().unwrap()
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Knocks, sealed in-process with a user's bundle.
@@ -1206,7 +1119,7 @@ fn revoked_while_running(lab: &Lab) {
     let reloads = lab.daemon().count_log("users store reloaded");
     lab.cli(&["user", "revoke", "carol"]);
     lab.daemon()
-        .wait_log("users store reloaded", reloads + 1, Duration::from_secs(5));
+        .wait_log_n("users store reloaded", reloads + 1, Duration::from_secs(5));
     let since = lab.seq();
     let before = lab.grants();
     send(&lab.c, None, SRV, &lab.carol.knock(ALICE, 60));

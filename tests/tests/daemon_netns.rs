@@ -6,13 +6,12 @@
 //!   [atk] a-s 10.77.2.2           ──── s-a 10.77.2.1           [srv]
 //! ```
 
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::OsRng;
+use spa_e2e::daemon::{in_set, until, wait_listening, Daemon};
 use spa_e2e::netns::{
     link, nmap_state, privileged, send_udp, session_survives, tcp_connects, tcp_listener, Netns,
 };
@@ -22,75 +21,6 @@ use spa_proto::{seal, Access, Action, OpenAddr, Request};
 
 const PORT: u16 = 23456;
 const SERVICE: u16 = 2222;
-
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, config: &str) -> Self {
-        let mut child = ns.spawn(&[
-            bin("spa-server").to_str().unwrap(),
-            "--config",
-            config,
-            "run",
-        ]);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let d = Self { child, log };
-        d.wait_log("spa-server running", Duration::from_secs(30));
-        d
-    }
-
-    fn wait_log(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "daemon never logged {needle:?}: {:#?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn in_set(ns: &Netns, addr: &str) -> bool {
-    let set = if addr.contains(':') {
-        "grants6"
-    } else {
-        "grants4"
-    };
-    let out = ns.run(&["nft", "-j", "list", "set", "inet", "spa", set]);
-    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{addr}\""))
-}
 
 /// Seconds left on `addr`'s elements (one entry per element in the set).
 fn expires(ns: &Netns, addr: &str) -> Vec<u64> {
@@ -230,13 +160,7 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
     assert!(r.ok, "{r:?}");
 
     let mut listener = tcp_listener(&s, SERVICE);
-    until("listener", Duration::from_secs(5), || {
-        s.try_run(&[
-            "python3",
-            "-c",
-            &format!("import socket; socket.create_connection(('127.0.0.1',{SERVICE}),timeout=1)"),
-        ])
-    });
+    wait_listening(&s, SERVICE);
     let daemon = Daemon::start(&s, &config);
 
     // The SPA port never answers: nmap cannot tell it from a silently dropped port, while
@@ -390,16 +314,7 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         home,
     );
     assert!(r.ok, "{r:?}");
-    until("unrevoke never reloaded", Duration::from_secs(5), || {
-        daemon
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("users store reloaded"))
-            .count()
-            >= 2
-    });
+    daemon.wait_log_n("users store reloaded", 2, Duration::from_secs(5));
 
     // kill -9 while a grant is open: the kernel still closes it on time.
     send_udp(
@@ -426,7 +341,7 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         .map(str::to_owned)
         .collect();
     assert!(secrets.len() >= 2);
-    for line in daemon.log.lock().unwrap().iter() {
+    for line in daemon.lines() {
         assert!(
             secrets.iter().all(|s| !line.contains(&s[12..40])),
             "secret in the log: {line}"
@@ -610,13 +525,7 @@ fn forward_hook_gates_a_service_behind_the_host() {
     );
     assert!(r.ok, "{r:?}");
     let mut listener = tcp_listener(&b, SERVICE);
-    until("listener", Duration::from_secs(5), || {
-        b.try_run(&[
-            "python3",
-            "-c",
-            &format!("import socket; socket.create_connection(('127.0.0.1',{SERVICE}),timeout=1)"),
-        ])
-    });
+    wait_listening(&b, SERVICE);
     let daemon = Daemon::start(&s, &config);
     assert!(
         !tcp_connects(&c, "10.78.3.2", SERVICE, 1.0),

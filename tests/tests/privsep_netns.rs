@@ -7,74 +7,15 @@
 //!                                                 tcp/2222 listener
 //! ```
 
-use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use spa_e2e::daemon::{in_set, until, Daemon};
 use spa_e2e::netns::{link, privileged, send_udp, tcp_connects, tcp_listener, Netns};
 use spa_e2e::{bin, run};
 
 const PORT: u16 = 23457;
 const SERVICE: u16 = 2222;
 const CAP_NET_ADMIN: u64 = 1 << 12;
-
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, config: &str) -> Self {
-        let mut child = ns.spawn(&[
-            bin("spa-server").to_str().unwrap(),
-            "--config",
-            config,
-            "run",
-        ]);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let d = Self { child, log };
-        d.wait_log("spa-server running", Duration::from_secs(30));
-        d
-    }
-
-    fn wait_log(&self, needle: &str, limit: Duration) {
-        until(
-            &format!(
-                "daemon never logged {needle:?}: {:#?}",
-                self.log.lock().unwrap()
-            ),
-            limit,
-            || self.log.lock().unwrap().iter().any(|l| l.contains(needle)),
-        );
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// One task's capability masks and no_new_privs, from /proc/.../status.
 #[derive(Debug, PartialEq, Eq)]
@@ -140,11 +81,6 @@ fn gone(pid: u32) -> bool {
             .lines()
             .any(|l| l.starts_with("State:") && l.contains('Z')),
     }
-}
-
-fn in_set(ns: &Netns, addr: &str) -> bool {
-    let out = ns.run(&["nft", "-j", "list", "set", "inet", "spa", "grants4"]);
-    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{addr}\""))
 }
 
 #[test]
@@ -224,7 +160,7 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
     assert!(!r.ok && r.stderr.contains("not running"), "{r:?}");
 
     let daemon = Daemon::start(&s, &config);
-    let pid = daemon.child.id();
+    let pid = daemon.pid();
     let helpers = children(pid);
     assert_eq!(
         helpers.len(),
@@ -357,7 +293,7 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
         .success());
     let deadline = Instant::now() + Duration::from_secs(5);
     let code = loop {
-        if let Some(st) = daemon.child.try_wait().unwrap() {
+        if let Some(st) = daemon.try_wait() {
             break st;
         }
         assert!(
@@ -392,7 +328,7 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
     // kill -9 of the daemon while a 3 s grant is open: the helper exits with it; the
     // kernel still closes the grant on time.
     let daemon = Daemon::start(&s, &config);
-    let pid = daemon.child.id();
+    let pid = daemon.pid();
     let helpers = children(pid);
     assert_eq!(helpers.len(), 1, "{helpers:?}");
     knock("3s");
@@ -485,7 +421,7 @@ fn hooks_run_in_their_own_process_as_nobody_on_open_and_expiry() {
     );
     assert!(r.ok, "{r:?}");
     let daemon = Daemon::start(&s, &config);
-    let pid = daemon.child.id();
+    let pid = daemon.pid();
     let kids = children(pid);
     assert_eq!(kids.len(), 2, "firewall helper and hook runner: {kids:?}");
     let runner = *kids
