@@ -39,23 +39,9 @@ fn knock(
         .map_err(|r| r.reason)
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    // A hang guard, not a performance claim (bench/reload.sh measures the reload time).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} never took effect");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[test]
-fn revoke_and_policy_changes_reach_a_running_verifier() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = init(dir.path(), Some(23456), &mut OsRng).unwrap();
-    let config = ServerConfig::load(&report.config).unwrap();
-    let alice = ClientSecret::generate(&mut OsRng);
+/// A users store with one user, alice, allowed tcp/22.
+fn alice_only(alice: &ClientSecret, now: SystemTime) -> Users {
     let mut users = Users::default();
-    let now = SystemTime::now();
     users
         .add(User {
             name: "alice".into(),
@@ -71,6 +57,26 @@ fn revoke_and_policy_changes_reach_a_running_verifier() {
             }],
         })
         .unwrap();
+    users
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    // A hang guard, not a performance claim (bench/reload.sh measures the reload time).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} never took effect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn revoke_and_policy_changes_reach_a_running_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = init(dir.path(), Some(23456), &mut OsRng).unwrap();
+    let config = ServerConfig::load(&report.config).unwrap();
+    let alice = ClientSecret::generate(&mut OsRng);
+    let now = SystemTime::now();
+    let mut users = alice_only(&alice, now);
     users.save(&config.users_file).unwrap();
 
     let live = Arc::new(Live::load(&config, &VerifierConfig::default(), now).unwrap());
@@ -155,22 +161,7 @@ fn a_key_rotation_reaches_a_running_verifier() {
     let config = ServerConfig::load(&report.config).unwrap();
     let alice = ClientSecret::generate(&mut OsRng);
     let now = SystemTime::now();
-    let mut users = Users::default();
-    users
-        .add(User {
-            name: "alice".into(),
-            created: now,
-            allow: vec![Access::tcp(22).unwrap()],
-            max_duration_s: 60,
-            nat: false,
-            psk: None,
-            keys: vec![UserKey {
-                key: alice.public(),
-                revoked: false,
-                added: now,
-            }],
-        })
-        .unwrap();
+    let users = alice_only(&alice, now);
     users.save(&config.users_file).unwrap();
     let live = Live::load(&config, &VerifierConfig::default(), now).unwrap();
     let old = live.snapshot().identities[0].verifier.public();
