@@ -54,15 +54,9 @@ pub struct GrantTimers {
 }
 
 impl GrantTimers {
-    /// The changes for a batch of accepted knocks, updating the timers: a repeated
-    /// knock refreshes (one element, new timeout), a close removes at once.
-    pub fn changes(&mut self, grants: &[Grant], now: Instant) -> Vec<GateChange> {
-        let out = Self::plan(grants);
-        self.commit(grants, now);
-        out
-    }
-
-    /// The changes for a batch, without touching the timers (they do not depend on them).
+    /// The changes for a batch of accepted knocks: a repeated knock refreshes (one
+    /// element, new timeout), a close removes at once. The timers are not touched (the
+    /// changes do not depend on them); [`Self::commit`] follows once they are applied.
     pub fn plan(grants: &[Grant]) -> Vec<GateChange> {
         let mut out = Vec::new();
         for g in grants {
@@ -844,13 +838,23 @@ mod tests {
         );
     }
 
+    /// Plans a batch and commits it, as the gate does after a successful apply.
+    fn applied(t: &mut GrantTimers, grants: &[Grant], now: Instant) -> Vec<GateChange> {
+        t.commit(grants, now);
+        GrantTimers::plan(grants)
+    }
+
     #[test]
     fn refresh_keeps_one_timer_and_close_removes_it() {
         let mut t = GrantTimers::default();
         let t0 = Instant::now();
-        let c = t.changes(&[grant(Action::Open, 22, 30)], t0);
+        let c = applied(&mut t, &[grant(Action::Open, 22, 30)], t0);
         assert_eq!(c.len(), 1);
-        let c = t.changes(&[grant(Action::Open, 22, 60)], t0 + Duration::from_secs(10));
+        let c = applied(
+            &mut t,
+            &[grant(Action::Open, 22, 60)],
+            t0 + Duration::from_secs(10),
+        );
         assert_eq!(
             c,
             vec![GateChange::Open {
@@ -865,8 +869,8 @@ mod tests {
             "refreshed to 70 s"
         );
         assert_eq!(t.expired(t0 + Duration::from_secs(71)).len(), 1);
-        t.changes(&[grant(Action::Open, 22, 30)], t0);
-        let c = t.changes(&[grant(Action::Close, 22, 0)], t0);
+        applied(&mut t, &[grant(Action::Open, 22, 30)], t0);
+        let c = applied(&mut t, &[grant(Action::Close, 22, 0)], t0);
         assert!(matches!(c[0], GateChange::Close { .. }));
         assert!(t.open(t0).is_empty());
     }
