@@ -388,6 +388,20 @@ impl Channel {
 
     /// Sends one message.
     pub fn send(&self, msg: &[u8]) -> io::Result<()> {
+        self.send_flags(msg, 0)
+    }
+
+    /// Sends one message if the socket can take it now; false (the message dropped) if its
+    /// buffer is full. For messages whose loss is acceptable, never for grants.
+    pub fn try_send(&self, msg: &[u8]) -> io::Result<bool> {
+        match self.send_flags(msg, libc::MSG_DONTWAIT) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send_flags(&self, msg: &[u8], flags: libc::c_int) -> io::Result<()> {
         loop {
             // SAFETY: `msg` is live for its length; MSG_NOSIGNAL: EPIPE, not SIGPIPE.
             let n = unsafe {
@@ -395,7 +409,7 @@ impl Channel {
                     self.fd.as_raw_fd(),
                     msg.as_ptr().cast(),
                     msg.len(),
-                    libc::MSG_NOSIGNAL,
+                    libc::MSG_NOSIGNAL | flags,
                 )
             };
             if n >= 0 {
@@ -408,32 +422,6 @@ impl Channel {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
-            }
-        }
-    }
-
-    /// Sends one message if the socket can take it now; false (the message dropped) if its
-    /// buffer is full. For messages whose loss is acceptable, never for grants.
-    pub fn try_send(&self, msg: &[u8]) -> io::Result<bool> {
-        loop {
-            // SAFETY: `msg` is live for its length; MSG_DONTWAIT: never block;
-            // MSG_NOSIGNAL: EPIPE, not SIGPIPE.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize == msg.len());
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => return Ok(false),
-                _ => return Err(e),
             }
         }
     }
