@@ -802,16 +802,12 @@ pub struct RemoteGate {
 impl RemoteGate {
     /// Over `channel`; waits up to `ready_within` for the helper's ready message.
     pub fn connect(channel: Arc<Channel>, ready_within: Duration) -> io::Result<Self> {
-        let mut gate = Self {
+        let gate = Self {
             channel,
             seq: 0,
             buf: vec![0; MAX_REPLY],
         };
-        gate.channel.set_read_timeout(Some(ready_within))?;
-        match gate.reply(0)? {
-            Ok(()) => {}
-            Err(e) => return Err(io::Error::other(format!("could not start: {e}"))),
-        }
+        wait_ready(&gate.channel, ready_within)?;
         gate.channel.set_read_timeout(Some(REPLY_TIMEOUT))?;
         Ok(gate)
     }
@@ -925,12 +921,28 @@ pub fn hook_runner(fd: RawFd, config: &std::path::Path) -> Result<(), String> {
         signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
-    enter(Role::Hooks).map_err(|e| format!("hook runner: dropping privileges: {e}"))?;
-    let config =
-        spa_keys::server::ServerConfig::load(config).map_err(|e| format!("hook runner: {e}"))?;
-    let runner =
-        crate::hooks::HookRunner::start(&config.hooks, crate::hooks::HookLimits::default(), None)
-            .map_err(|e| format!("hook runner: {e}"))?;
+    let started = enter(Role::Hooks)
+        .map_err(|e| format!("dropping privileges: {e}"))
+        .and_then(|_| spa_keys::server::ServerConfig::load(config).map_err(|e| e.to_string()))
+        .and_then(|config| {
+            crate::hooks::HookRunner::start(
+                &config.hooks,
+                crate::hooks::HookLimits::default(),
+                None,
+            )
+            .map_err(|e| e.to_string())
+        });
+    // Like the firewall helper, say ready (or why not) only once privileges are dropped.
+    let runner = match started {
+        Ok(runner) => runner,
+        Err(e) => {
+            let _ = channel.send(&encode_reply(0, Err(&e)));
+            return Err(format!("hook runner: {e}"));
+        }
+    };
+    channel
+        .send(&encode_reply(0, Ok(())))
+        .map_err(|e| format!("hook runner: {e}"))?;
     let mut buf = vec![0u8; MAX_HOOK_EVENT];
     loop {
         match channel.recv(&mut buf) {
@@ -952,14 +964,35 @@ pub fn hook_runner(fd: RawFd, config: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the hook runner, reading `[hooks]` from the configuration at `config`.
+/// Starts the hook runner, reading `[hooks]` from the configuration at `config`, and
+/// waits until it is ready (its privileges dropped).
 pub fn start_hooks(config: &std::path::Path) -> Result<Child, String> {
     let path = config
         .to_str()
         .ok_or("the configuration path is not UTF-8")?
         .to_owned();
-    Child::spawn(Role::Hooks, &["--config", &path])
-        .map_err(|e| format!("starting the hook runner: {e}"))
+    let child = Child::spawn(Role::Hooks, &["--config", &path])
+        .map_err(|e| format!("starting the hook runner: {e}"))?;
+    wait_ready(&child.channel(), READY_TIMEOUT).map_err(|e| format!("hook runner: {e}"))?;
+    Ok(child)
+}
+
+/// Waits for a child role's first message: ready, or why it could not start.
+fn wait_ready(channel: &Channel, within: Duration) -> io::Result<()> {
+    channel.set_read_timeout(Some(within))?;
+    let mut buf = vec![0; MAX_REPLY];
+    let n = channel
+        .recv(&mut buf)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "exited before it was ready"))?;
+    channel.set_read_timeout(None)?;
+    match decode_reply(&buf[..n])? {
+        (0, Ok(())) => Ok(()),
+        (0, Err(e)) => Err(io::Error::other(format!("could not start: {e}"))),
+        (seq, _) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a reply to request {seq} before ready"),
+        )),
+    }
 }
 
 /// Starts the firewall helper for `table` and waits until it is ready.
