@@ -5,11 +5,14 @@
 //! (An AF_INET raw socket would not see packets the firewall drops on input.)
 //!
 //! Frames arrive in a PACKET_MMAP receive ring (TPACKET_V2) shared with the kernel: under
-//! load they are taken without a system call, socket queue or copy per frame (the kernel
-//! part of a junk packet's cost fell from about 1.9 to 1.25 µs in `bench/server.sh`);
-//! poll(2) waits only when the ring is empty. The rings total 8 MiB of kernel memory.
+//! load they are handled in place, without a system call, socket queue, copy or clock
+//! read per frame (each slot carries the kernel's receive time); poll(2) waits only when
+//! the ring is empty, and the capture loop's interrupt moderation
+//! ([`crate::daemon::COALESCE`]) keeps a flood from costing one wake-up per frame. The
+//! rings total 8 MiB of kernel memory.
 //!
-//! This is the only module with `unsafe`: the socket system calls, each commented.
+//! This module and [`crate::privsep`] are the only ones with `unsafe`: here the socket
+//! system calls, each commented.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -31,6 +34,8 @@ pub struct FrameInfo {
     pub ethertype: u16,
     /// Receiving interface.
     pub ifindex: i32,
+    /// When the kernel received it (the ring slot's timestamp).
+    pub at: std::time::SystemTime,
 }
 
 /// A packet socket with our filter, and its receive ring.
@@ -215,11 +220,15 @@ impl PacketSocket {
         })
     }
 
-    /// Takes up to a batch's worth of frames from the ring (waiting up to the read
-    /// timeout for the first). Each is copied out and its slot handed back to the kernel
-    /// at once. Frames this host sent are reported with `len` 0.
-    pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
-        batch.infos.clear();
+    /// Waits up to the read timeout for a frame, then hands each waiting frame, up to
+    /// `max`, to `f` in place in the ring (no copy), and gives its slot back to the kernel
+    /// when `f` returns. Frames this host sent are handed over with `len` 0. Stops early
+    /// when `f` returns false. Returns how many frames were handed over.
+    pub fn recv_each(
+        &self,
+        max: usize,
+        mut f: impl FnMut(&FrameInfo, &[u8]) -> bool,
+    ) -> io::Result<usize> {
         let ring = &self.ring;
         if ring
             .status(ring.next.get())
@@ -242,13 +251,14 @@ impl PacketSocket {
             if n < 0 {
                 let e = io::Error::last_os_error();
                 return if e.kind() == io::ErrorKind::Interrupted {
-                    Ok(())
+                    Ok(0)
                 } else {
                     Err(e)
                 };
             }
         }
-        while batch.infos.len() < batch.bufs.len() {
+        let mut handed = 0;
+        while handed < max {
             let i = ring.next.get();
             let status = ring.status(i);
             if status.load(std::sync::atomic::Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
@@ -259,64 +269,42 @@ impl PacketSocket {
             // lies inside the map. Fields are read by value (the status word is shared
             // with the kernel and accessed only atomically); the sockaddr_ll is at
             // TPACKET_ALIGN(sizeof(tpacket2_hdr)) = 32.
-            let (net, snaplen, sll) = unsafe {
+            let (net, snaplen, sll, sec, nsec) = unsafe {
                 let h = slot.cast::<libc::tpacket2_hdr>();
                 let net = usize::from(std::ptr::read(std::ptr::addr_of!((*h).tp_net)));
                 let snaplen = std::ptr::read(std::ptr::addr_of!((*h).tp_snaplen)) as usize;
+                let sec = std::ptr::read(std::ptr::addr_of!((*h).tp_sec));
+                let nsec = std::ptr::read(std::ptr::addr_of!((*h).tp_nsec));
                 let sll = std::ptr::read(
                     slot.add((size_of::<libc::tpacket2_hdr>() + 15) & !15)
                         .cast::<libc::sockaddr_ll>(),
                 );
-                (net, snaplen, sll)
+                (net, snaplen, sll, sec, nsec)
             };
-            // SAFETY: the whole slot, inside the map, ours until handed back.
+            // SAFETY: the whole slot, inside the map, ours until handed back after `f`
+            // returns (the kernel writes a slot only while its status is not USER).
             let whole = unsafe { std::slice::from_raw_parts(slot as *const u8, RING_FRAME_SIZE) };
             // Offsets the kernel wrote are checked, never trusted to stay in the slot.
             let data = whole
                 .get(net..)
                 .map(|d| &d[..snaplen.min(d.len())])
                 .unwrap_or(&[]);
+            let outgoing = sll.sll_pkttype == PACKET_OUTGOING;
             let info = FrameInfo {
-                len: if sll.sll_pkttype == PACKET_OUTGOING {
-                    0
-                } else {
-                    data.len()
-                },
+                len: if outgoing { 0 } else { data.len() },
                 ethertype: u16::from_be(sll.sll_protocol),
                 ifindex: sll.sll_ifindex,
+                at: std::time::UNIX_EPOCH + Duration::new(u64::from(sec), nsec.min(999_999_999)),
             };
-            let k = batch.infos.len();
-            let n = info.len.min(batch.bufs[k].len());
-            batch.bufs[k][..n].copy_from_slice(&data[..n]);
-            batch.infos.push(FrameInfo { len: n, ..info });
+            let more = f(&info, if outgoing { &[] } else { data });
             status.store(libc::TP_STATUS_KERNEL, std::sync::atomic::Ordering::Release);
             ring.next.set((i + 1) % ring.frames);
+            handed += 1;
+            if !more {
+                break;
+            }
         }
-        Ok(())
-    }
-}
-
-/// The frames of one [`PacketSocket::recv_batch`] call, allocated once per capture thread.
-pub struct RecvBatch {
-    bufs: Vec<Vec<u8>>,
-    infos: Vec<FrameInfo>,
-}
-
-impl RecvBatch {
-    /// Room for `frames` frames of up to `frame_len` bytes each.
-    pub fn new(frames: usize, frame_len: usize) -> Self {
-        Self {
-            bufs: vec![vec![0u8; frame_len]; frames],
-            infos: Vec::with_capacity(frames),
-        }
-    }
-
-    /// The frames the last call received (a frame longer than a buffer is cut to it).
-    pub fn frames(&self) -> impl Iterator<Item = (&FrameInfo, &[u8])> {
-        self.infos
-            .iter()
-            .zip(&self.bufs)
-            .map(|(info, buf)| (info, &buf[..info.len.min(buf.len())]))
+        Ok(handed)
     }
 }
 

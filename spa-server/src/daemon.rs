@@ -254,7 +254,7 @@ fn apply_batch(
                 let access: Vec<String> = g.access.iter().map(Access::to_string).collect();
                 match g.action {
                     Action::Open => tracing::info!(
-                        decision = "granted", queued_us, apply_us, user = %g.user, key = %g.key, addr = %g.addr,
+                        decision = "granted", picked_us = g.picked_us, verified_us = g.verified_us, queued_us, apply_us, user = %g.user, key = %g.key, addr = %g.addr,
                         access = %access.join(","), duration_s = g.duration_s, "grant open"
                     ),
                     Action::Close => tracing::info!(
@@ -336,7 +336,7 @@ pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
 }
 
 /// Runs one capture worker until `stop` is set: frames are taken from the socket's
-/// receive ring in batches of up to 64, each goes through the pipeline.
+/// receive ring in batches of up to [`BATCH`], each goes through the pipeline in place.
 pub fn capture_worker(
     socket: crate::capture::PacketSocket,
     interfaces: Arc<Vec<i32>>,
@@ -344,34 +344,69 @@ pub fn capture_worker(
     grants: Arc<GateHandle>,
     stop: Arc<AtomicBool>,
 ) {
-    // Knocks are 242 bytes; a frame longer than a ring slot arrives cut to it and is
-    // dropped as truncated.
-    let mut batch = crate::capture::RecvBatch::new(64, 2048);
     // Rejects before authentication are counted here, without a lock, and handed to the
     // audit summaries about once a second.
     let mut tally = Tally::default();
     let mut merged = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = socket.recv_batch(&mut batch) {
-            tracing::error!(error = %e, "capture failed");
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        for (info, frame) in batch.frames() {
+    let mut gate_gone = false;
+    while !stop.load(Ordering::Relaxed) && !gate_gone {
+        let mut clock = None;
+        let got = socket.recv_each(BATCH, |info, frame| {
             if info.len == 0 || (!interfaces.is_empty() && !interfaces.contains(&info.ifindex)) {
+                return true;
+            }
+            let picked = *clock.get_or_insert_with(SystemTime::now);
+            let at = arrival(info.at, picked);
+            gate_gone = !handle(&pipeline, &grants, &mut tally, info, (at, picked), frame);
+            !gate_gone
+        });
+        let got = match got {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "capture failed");
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            if !handle(&pipeline, &grants, &mut tally, info.ethertype, frame) {
-                return;
-            }
-        }
+        };
         if merged.elapsed() >= Duration::from_secs(1) {
             grants.audit.merge(&mut tally);
             merged = Instant::now();
         }
+        if (2..BATCH).contains(&got) {
+            std::thread::sleep(COALESCE);
+        }
     }
     grants.audit.merge(&mut tally);
 }
+
+/// The most frames a capture thread handles between two looks at its stop flag.
+pub const BATCH: usize = 64;
+
+/// How far a frame's kernel timestamp may lie from the clock before it is not believed.
+pub const ARRIVAL_SKEW: Duration = Duration::from_secs(1);
+
+/// A frame's time: when the kernel received it (`stamped`, the ring slot's timestamp:
+/// exact, and no clock read per frame), unless that is more than [`ARRIVAL_SKEW`] from
+/// `wall`, the clock read once per batch, and so not wall-clock time (kernels before
+/// 5.18 could pass on a monotonic delivery time); then `wall`.
+pub fn arrival(stamped: SystemTime, wall: SystemTime) -> SystemTime {
+    let off = wall
+        .duration_since(stamped)
+        .unwrap_or_else(|e| e.duration());
+    if off <= ARRIVAL_SKEW {
+        stamped
+    } else {
+        wall
+    }
+}
+
+/// Interrupt moderation for the capture threads. A wake-up that finds several frames
+/// waiting means frames arrive faster than the thread wakes; it then pauses this long
+/// before it looks at the ring again, so under a flood one wake-up serves many frames
+/// instead of one wake-up (a few µs of kernel time) per frame. A lone knock finds one
+/// frame and the thread goes straight back to poll(2), so knock-to-open is not delayed;
+/// during a flood a knock waits at most this (plus timer slack) longer.
+pub const COALESCE: Duration = Duration::from_micros(100);
 
 /// At most this many reject lines per second; the rest are counted and summarised, so
 /// resent captured knocks (authenticated, so attributable) cannot flood the log.
@@ -405,12 +440,17 @@ fn handle(
     pipeline: &Pipeline,
     grants: &GateHandle,
     tally: &mut Tally,
-    ethertype: u16,
+    info: &crate::capture::FrameInfo,
+    (now, picked): (SystemTime, SystemTime),
     frame: &[u8],
 ) -> bool {
-    let now = SystemTime::now();
-    match pipeline.handle_frame_from(ethertype, frame, now) {
-        (_, Outcome::Granted(g)) => return grants.submit(g),
+    match pipeline.handle_frame_from(info.ethertype, frame, now) {
+        (_, Outcome::Granted(mut g)) => {
+            let since = |t: SystemTime| t.duration_since(now).map_or(0, |d| d.as_micros() as u64);
+            g.picked_us = since(picked);
+            g.verified_us = since(SystemTime::now());
+            return grants.submit(g);
+        }
         (
             _,
             Outcome::Rejected {
@@ -742,6 +782,8 @@ mod tests {
             .unwrap(),
             knock_id: [0; 16],
             received: Instant::now(),
+            picked_us: 0,
+            verified_us: 0,
         }
     }
 
@@ -785,6 +827,21 @@ mod tests {
         fn apply(&mut self, _: &[GateChange]) -> std::io::Result<()> {
             Err(std::io::Error::other("nf_tables said no"))
         }
+    }
+
+    #[test]
+    fn a_frame_is_timed_by_the_kernel_unless_its_stamp_is_not_wall_clock_time() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ms = Duration::from_millis;
+        // Received a moment ago (or, with clocks read on two CPUs, a moment "ahead").
+        assert_eq!(arrival(wall - ms(3), wall), wall - ms(3));
+        assert_eq!(arrival(wall + ms(1), wall), wall + ms(1));
+        assert_eq!(arrival(wall - ms(1000), wall), wall - ms(1000));
+        // A monotonic stamp (seconds since boot) or anything far off: the clock.
+        let boot = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000);
+        assert_eq!(arrival(boot, wall), wall);
+        assert_eq!(arrival(wall - ms(1001), wall), wall);
+        assert_eq!(arrival(wall + Duration::from_secs(60), wall), wall);
     }
 
     #[test]

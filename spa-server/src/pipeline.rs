@@ -39,6 +39,11 @@ pub struct Grant {
     pub knock_id: [u8; 16],
     /// When its frame was handled (for the grant's latency in the log).
     pub received: std::time::Instant,
+    /// µs from the kernel's receipt of its frame until a capture thread took it from the
+    /// ring, and until it was verified (for the log; set by the capture loop).
+    pub picked_us: u64,
+    /// See `picked_us`.
+    pub verified_us: u64,
 }
 
 /// What became of a datagram.
@@ -259,6 +264,8 @@ impl Pipeline {
             request: *request,
             knock_id: opened.payload.knock_id,
             received: std::time::Instant::now(),
+            picked_us: 0,
+            verified_us: 0,
         })
     }
 }

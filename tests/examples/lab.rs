@@ -350,7 +350,7 @@ fn bench() {
     println!("rss_idle_mib {:.1}", d.rss_mib());
     let out = c
         .cmd(&exe())
-        .args(["probe", &bundle, "21"])
+        .args(["probe", &bundle, "51"])
         .output()
         .unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -364,8 +364,10 @@ fn bench() {
             .parse()
             .ok()
     };
-    let mut q: Vec<u64> = Vec::new();
-    let mut ap: Vec<u64> = Vec::new();
+    // The daemon's own account of each grant, from the kernel's receipt of the knock:
+    // taken from the ring, verified, at the gate (audit and replay written), applied.
+    let fields = ["picked_us", "verified_us", "queued_us", "apply_us"];
+    let mut cols: Vec<Vec<u64>> = vec![Vec::new(); fields.len() + 1];
     for l in d
         .log
         .lock()
@@ -373,19 +375,23 @@ fn bench() {
         .iter()
         .filter(|l| l.contains("grant open"))
     {
-        if let (Some(a), Some(b)) = (field(l, "queued_us"), field(l, "apply_us")) {
-            q.push(a);
-            ap.push(b);
+        let v: Vec<u64> = fields.iter().filter_map(|f| field(l, f)).collect();
+        if v.len() == fields.len() {
+            for (c, x) in cols.iter_mut().zip(&v) {
+                c.push(*x);
+            }
+            cols[fields.len()].push(v[1] + v[2] + v[3]);
         }
     }
-    q.sort_unstable();
-    ap.sort_unstable();
-    if !q.is_empty() {
+    let med = |c: &mut Vec<u64>| {
+        c.sort_unstable();
+        c.get(c.len() / 2).copied().unwrap_or(0)
+    };
+    if !cols[0].is_empty() {
+        let m: Vec<u64> = cols.iter_mut().map(med).collect();
         println!(
-            "daemon: verified->gate median {} us, netlink apply median {} us (n={})",
-            q[q.len() / 2],
-            ap[ap.len() / 2],
-            q.len()
+            "daemon: kernel->ring pickup median {} us, kernel->verified {} us, verified->gate {} us, helper round trip {} us; kernel->applied {} us (n={})",
+            m[0], m[1], m[2], m[3], m[4], cols[0].len()
         );
     }
 
