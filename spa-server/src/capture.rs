@@ -94,6 +94,20 @@ impl Ring {
     }
 }
 
+/// Asks the CPU to start loading a slot's frame header and the first 320 bytes of its
+/// frame (a knock's headers and payload) into the cache. Only a hint: nothing is read.
+fn prefetch(slot: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    for line in 0..6 {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of every x86_64 CPU, and a prefetch reads no memory (it
+        // cannot fault, whatever the address).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(slot.wrapping_add(line * 64).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
+}
+
 /// Ring slots for each of `sockets` capture sockets.
 pub fn ring_frames(sockets: usize) -> usize {
     let per = (RING_TOTAL_FRAMES / sockets.max(1)).clamp(512, 4096);
@@ -296,6 +310,9 @@ impl PacketSocket {
                 ifindex: sll.sll_ifindex,
                 at: std::time::UNIX_EPOCH + Duration::new(u64::from(sec), nsec.min(999_999_999)),
             };
+            // The next slot's lines were written on the CPU that received the frame:
+            // start fetching them while this frame is handled.
+            prefetch(ring.slot((i + 1) % ring.frames));
             let more = f(&info, if outgoing { &[] } else { data });
             status.store(libc::TP_STATUS_KERNEL, std::sync::atomic::Ordering::Release);
             ring.next.set((i + 1) % ring.frames);

@@ -406,7 +406,7 @@ pub fn arrival(stamped: SystemTime, wall: SystemTime) -> SystemTime {
 /// instead of one wake-up (a few µs of kernel time) per frame. A lone knock finds one
 /// frame and the thread goes straight back to poll(2), so knock-to-open is not delayed;
 /// during a flood a knock waits at most this (plus timer slack) longer.
-pub const COALESCE: Duration = Duration::from_micros(100);
+pub const COALESCE: Duration = Duration::from_micros(200);
 
 /// At most this many reject lines per second; the rest are counted and summarised, so
 /// resent captured knocks (authenticated, so attributable) cannot flood the log.

@@ -245,14 +245,6 @@ impl Daemon {
     }
 }
 
-fn counter(line: &str, code: &str) -> u64 {
-    line.split(&format!("(\"{code}\", "))
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn setup(dir: &std::path::Path, users: usize) -> (String, String) {
     let etc = dir.join("etc");
     let server = sibling("spa-server");
@@ -396,7 +388,17 @@ fn bench() {
     }
 
     // Junk: right length, valid header, wrong mac1 (the worst junk), from the attacker.
+    let bad_mac1 = || {
+        let out = s
+            .cmd(&sibling("spa-server"))
+            .args(["--config", &config, "status", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["counters"]["bad_mac1"].as_u64().unwrap_or(0)
+    };
     let n_junk = 400_000usize;
+    let mac1_0 = bad_mac1();
     let cpu0 = d.cpu_s();
     let out = a
         .cmd(&exe())
@@ -406,7 +408,30 @@ fn bench() {
     print!("junk {}", String::from_utf8_lossy(&out.stdout));
     std::thread::sleep(Duration::from_millis(500));
     let cpu1 = d.cpu_s();
+    let mac1 = bad_mac1() - mac1_0;
     let (cpu_user, cpu_sys) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+
+    // Knock-to-open while the attacker floods junk as fast as it can (bounded: at most
+    // 1,500,000 packets, 30 s), which is when the capture threads' interrupt moderation
+    // (COALESCE) is at work.
+    let mut flood = a
+        .cmd(&exe())
+        .args(["flood", "10.77.2.1", "1500000", "0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = c
+        .cmd(&exe())
+        .args(["probe", &bundle, "21"])
+        .output()
+        .unwrap();
+    print!(
+        "during a junk flood: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = flood.kill();
+    let _ = flood.wait();
 
     // Valid knocks at paced rates: what fraction is granted.
     let mut rates = Vec::new();
@@ -447,7 +472,6 @@ fn bench() {
         rates.push((rate, granted as f64 / n as f64));
     }
     let line = d.stop();
-    let mac1 = counter(&line, "bad_mac1");
     let per = |t: f64| t * 1e6 / mac1.max(1) as f64;
     println!(
         "junk_received {mac1} of {n_junk}; daemon cpu {cpu_user:.2} s user + {cpu_sys:.2} s sys => {:.2} us user + {:.2} us sys per junk packet",
