@@ -408,6 +408,16 @@ pub fn arrival(stamped: SystemTime, wall: SystemTime) -> SystemTime {
 /// during a flood a knock waits at most this (plus timer slack) longer.
 pub const COALESCE: Duration = Duration::from_micros(200);
 
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
 /// At most this many reject lines per second; the rest are counted and summarised, so
 /// resent captured knocks (authenticated, so attributable) cannot flood the log.
 pub const REJECT_LINES_PER_SEC: u64 = 50;
@@ -699,22 +709,40 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         })
     };
     let interfaces = Arc::new(interfaces);
+    // Capture thread i runs on the i-th CPU this process may use, so the threads never
+    // share a CPU, and the firewall helper, which moves to the CPU a request names
+    // (crate::privsep), answers a capture thread on that thread's own CPU. "running" is
+    // said once all are placed.
+    let cpus = allowed_cpus();
+    let placed = Arc::new(std::sync::Barrier::new(sockets.len() + 1));
     let capture: Vec<_> = sockets
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
-            let (interfaces, pipeline, handle, stop) = (
+            let cpu = cpus.get(i).copied();
+            let (interfaces, pipeline, handle, stop, placed) = (
                 interfaces.clone(),
                 pipeline.clone(),
                 handle.clone(),
                 stop.clone(),
+                placed.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("capture-{i}"))
-                .spawn(move || capture_worker(socket, interfaces, pipeline, handle, stop))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        // Best effort: where it is refused, the thread runs anywhere.
+                        if !crate::privsep::move_to(cpu) {
+                            tracing::debug!(cpu, "capture thread not pinned");
+                        }
+                    }
+                    placed.wait();
+                    capture_worker(socket, interfaces, pipeline, handle, stop)
+                })
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    placed.wait();
     tracing::info!(
         port = config.port,
         workers,

@@ -24,17 +24,18 @@
 //! [`Role`] and [`Child::spawn`] are generic: another role (a hook runner keeping only
 //! CAP_SETUID and CAP_SETGID) is one more variant.
 //!
-//! # The firewall channel, version 1
+//! # The firewall channel, version 2
 //!
 //! One SOCK_SEQPACKET message per request and per reply (the kernel keeps the message
 //! boundaries); integers are big-endian.
 //!
 //! ```text
-//! request  = version:u8 (1) | seq:u32 | count:u16 (1..=MAX_CHANGES) | change × count
+//! request  = version:u8 (2) | seq:u32 | cpu:u16 (the sender's CPU; 0xffff: none)
+//!            | count:u16 (1..=MAX_CHANGES) | change × count
 //! change   = op:u8 (1 open, 2 close) | family:u8 (4, 6) | addr:[u8;16] (IPv4 in the first
 //!            4 bytes, the other 12 zero) | proto:u8 (6 tcp, 17 udp) | port:u16 (not 0)
 //!            | timeout_s:u32 (open: 1..=MAX_TIMEOUT_S; close: 0)
-//! reply    = version:u8 (1) | seq:u32 (the request's) | status:u8 (0 ok, 1 error)
+//! reply    = version:u8 (2) | seq:u32 (the request's) | status:u8 (0 ok, 1 error)
 //!            | message: UTF-8, at most MAX_ERROR bytes, empty when ok
 //! ```
 //!
@@ -42,6 +43,12 @@
 //! not start. The helper treats the verifier as untrusted: a request that is not exactly
 //! this layout is refused whole (an error reply, nothing applied) and one longer than the
 //! largest valid request is discarded by the kernel's MSG_TRUNC before it is parsed.
+//!
+//! `cpu` is only a hint: the helper moves itself to that CPU before it applies the
+//! request (the verifier's capture threads each keep to one CPU), so that the request
+//! and its reply are switches between two processes on one CPU, not wake-ups of another,
+//! possibly idle, CPU (hundreds of µs on a virtual machine). A CPU that cannot be used is
+//! ignored; it never fails a request.
 //!
 //! This module and [`crate::capture`] are the only ones with `unsafe`: prctl(2), the
 //! socketpair, and what runs between fork and exec, each commented.
@@ -76,8 +83,10 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the verifier waits for a new helper to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 7;
+const VERSION: u8 = 2;
+const HEADER_LEN: usize = 9;
+/// `cpu` in a request that names none.
+const NO_CPU: u16 = u16::MAX;
 const CHANGE_LEN: usize = 25;
 const MAX_REQUEST: usize = HEADER_LEN + MAX_CHANGES * CHANGE_LEN;
 const REPLY_HEADER_LEN: usize = 6;
@@ -690,8 +699,19 @@ fn encode_change(out: &mut Vec<u8>, c: &GateChange) {
     out.extend_from_slice(&timeout_s.to_be_bytes());
 }
 
+/// A request: its sequence number, the CPU its sender runs on, and the changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Echoed in the reply.
+    pub seq: u32,
+    /// Where the sender waits for the reply (a hint).
+    pub cpu: Option<u16>,
+    /// What to apply, all or nothing.
+    pub changes: Vec<GateChange>,
+}
+
 /// A request carrying `changes` (at most [`MAX_CHANGES`]).
-pub fn encode_request(seq: u32, changes: &[GateChange]) -> Vec<u8> {
+pub fn encode_request(seq: u32, cpu: Option<u16>, changes: &[GateChange]) -> Vec<u8> {
     assert!(
         (1..=MAX_CHANGES).contains(&changes.len()),
         "1 to {MAX_CHANGES} changes per request"
@@ -699,6 +719,7 @@ pub fn encode_request(seq: u32, changes: &[GateChange]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + changes.len() * CHANGE_LEN);
     out.push(VERSION);
     out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&cpu.filter(|&c| c != NO_CPU).unwrap_or(NO_CPU).to_be_bytes());
     out.extend_from_slice(&(changes.len() as u16).to_be_bytes());
     for c in changes {
         encode_change(&mut out, c);
@@ -733,9 +754,9 @@ fn decode_change(b: &[u8]) -> Result<GateChange, String> {
     }
 }
 
-/// Parses and validates a whole request: its sequence number and changes, or (the
-/// sequence number when readable, why it was refused).
-pub fn decode_request(msg: &[u8]) -> Result<(u32, Vec<GateChange>), (u32, String)> {
+/// Parses and validates a whole request, or gives (the sequence number when readable,
+/// why it was refused).
+pub fn decode_request(msg: &[u8]) -> Result<Request, (u32, String)> {
     if msg.len() < HEADER_LEN {
         return Err((0, format!("a {}-byte request is too short", msg.len())));
     }
@@ -743,7 +764,8 @@ pub fn decode_request(msg: &[u8]) -> Result<(u32, Vec<GateChange>), (u32, String
     if msg[0] != VERSION {
         return Err((seq, format!("unknown version {}", msg[0])));
     }
-    let count = usize::from(u16::from_be_bytes([msg[5], msg[6]]));
+    let cpu = Some(u16::from_be_bytes([msg[5], msg[6]])).filter(|&c| c != NO_CPU);
+    let count = usize::from(u16::from_be_bytes([msg[7], msg[8]]));
     if !(1..=MAX_CHANGES).contains(&count) {
         return Err((seq, format!("{count} changes (1 to {MAX_CHANGES} allowed)")));
     }
@@ -755,7 +777,7 @@ pub fn decode_request(msg: &[u8]) -> Result<(u32, Vec<GateChange>), (u32, String
         .enumerate()
         .map(|(i, b)| decode_change(b).map_err(|e| (seq, format!("change {i}: {e}"))))
         .collect::<Result<Vec<_>, _>>()
-        .map(|changes| (seq, changes))
+        .map(|changes| Request { seq, cpu, changes })
 }
 
 /// A reply; an error text is cut to [`MAX_ERROR`] bytes (at a character boundary).
@@ -828,9 +850,12 @@ impl RemoteGate {
 
 impl Gate for RemoteGate {
     fn apply(&mut self, changes: &[GateChange]) -> io::Result<()> {
+        let cpu = nix::sched::sched_getcpu()
+            .ok()
+            .and_then(|c| u16::try_from(c).ok());
         for chunk in changes.chunks(MAX_CHANGES) {
             self.seq = self.seq.wrapping_add(1).max(1);
-            self.channel.send(&encode_request(self.seq, chunk))?;
+            self.channel.send(&encode_request(self.seq, cpu, chunk))?;
             self.reply(self.seq)?
                 .map_err(|e| io::Error::other(format!("firewall helper: {e}")))?;
         }
@@ -839,17 +864,24 @@ impl Gate for RemoteGate {
 }
 
 /// Serves requests on `channel` with `gate` until the verifier closes it (Ok) or the
-/// channel fails. Every request is validated whole before anything is applied.
-pub fn serve(channel: &Channel, gate: &mut dyn Gate) -> io::Result<()> {
+/// channel fails. Every request is validated whole before anything is applied. With
+/// `follow`, the calling thread first moves to the CPU a request names.
+pub fn serve(channel: &Channel, gate: &mut dyn Gate, follow: bool) -> io::Result<()> {
     let mut buf = vec![0; MAX_REQUEST];
+    let mut here = None;
     loop {
         let reply = match channel.recv(&mut buf) {
             Ok(None) => return Ok(()),
             Ok(Some(n)) => match decode_request(&buf[..n]) {
-                Ok((seq, changes)) => match gate.apply(&changes) {
-                    Ok(()) => encode_reply(seq, Ok(())),
-                    Err(e) => encode_reply(seq, Err(&e.to_string())),
-                },
+                Ok(req) => {
+                    if follow && req.cpu.is_some() && req.cpu != here {
+                        here = req.cpu.filter(|&c| move_to(usize::from(c)));
+                    }
+                    match gate.apply(&req.changes) {
+                        Ok(()) => encode_reply(req.seq, Ok(())),
+                        Err(e) => encode_reply(req.seq, Err(&e.to_string())),
+                    }
+                }
                 Err((seq, why)) => {
                     tracing::warn!(error = %why, "firewall helper: request refused");
                     encode_reply(seq, Err(&format!("request refused: {why}")))
@@ -863,6 +895,15 @@ pub fn serve(channel: &Channel, gate: &mut dyn Gate) -> io::Result<()> {
         };
         channel.send(&reply)?;
     }
+}
+
+/// Pins the calling thread to `cpu`; false (and left where it was) when that is refused,
+/// e.g. a CPU that does not exist or is not allowed.
+pub fn move_to(cpu: usize) -> bool {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+        .is_ok()
 }
 
 fn valid_table(table: &str) -> bool {
@@ -906,7 +947,7 @@ pub fn firewall_helper(fd: RawFd, table: &str) -> Result<(), String> {
         .send(&encode_reply(0, Ok(())))
         .map_err(|e| format!("firewall helper: {e}"))?;
     tracing::debug!(table, "firewall helper ready");
-    serve(&channel, &mut gate).map_err(|e| format!("firewall helper: channel: {e}"))
+    serve(&channel, &mut gate, true).map_err(|e| format!("firewall helper: channel: {e}"))
 }
 
 /// The longest hook event message (JSON); longer ones are discarded unread.
@@ -1028,16 +1069,29 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_anything_else_is_refused_whole() {
-        let msg = encode_request(7, &sample());
+        let msg = encode_request(7, Some(1), &sample());
         assert_eq!(msg.len(), HEADER_LEN + 2 * CHANGE_LEN);
-        assert_eq!(decode_request(&msg), Ok((7, sample())));
+        let want = Request {
+            seq: 7,
+            cpu: Some(1),
+            changes: sample(),
+        };
+        assert_eq!(decode_request(&msg).as_ref(), Ok(&want));
+        // No CPU, or the one value that means none.
+        for cpu in [None, Some(NO_CPU)] {
+            let got = decode_request(&encode_request(7, cpu, &sample())).unwrap();
+            assert_eq!(got.cpu, None);
+        }
         // A sub-second timeout rounds up, never down to 0.
         let short = [GateChange::Open {
             addr: v4("192.0.2.1"),
             access: Access::tcp(22).unwrap(),
             timeout: Duration::from_millis(1500),
         }];
-        match &decode_request(&encode_request(1, &short)).unwrap().1[0] {
+        match &decode_request(&encode_request(1, None, &short))
+            .unwrap()
+            .changes[0]
+        {
             GateChange::Open { timeout, .. } => assert_eq!(*timeout, Duration::from_secs(2)),
             c => panic!("{c:?}"),
         }
@@ -1049,16 +1103,16 @@ mod tests {
             assert!(err.1.contains(why), "{err:?} (wanted {why:?})");
         };
         let change = |i: usize| HEADER_LEN + i;
-        refused(&|m| m[0] = 2, "version");
+        refused(&|m| m[0] = 1, "version");
         refused(&|m| m.truncate(3), "too short");
         refused(&|m| m.push(0), "bytes for 2 changes");
         refused(&|m| m.truncate(m.len() - 1), "bytes for 2 changes");
         refused(
-            &|m| m[5..7].copy_from_slice(&0u16.to_be_bytes()),
+            &|m| m[7..9].copy_from_slice(&0u16.to_be_bytes()),
             "0 changes",
         );
         refused(
-            &|m| m[5..7].copy_from_slice(&(MAX_CHANGES as u16 + 1).to_be_bytes()),
+            &|m| m[7..9].copy_from_slice(&(MAX_CHANGES as u16 + 1).to_be_bytes()),
             "4097 changes",
         );
         refused(&|m| m[change(0)] = 3, "unknown operation");
@@ -1088,10 +1142,11 @@ mod tests {
         assert_eq!(seq, 3);
         assert_eq!(r.unwrap_err(), "é".repeat(MAX_ERROR / 2));
         assert!(
-            decode_reply(&[1, 0, 0, 0, 1, 0, b'x']).is_err(),
+            decode_reply(&[VERSION, 0, 0, 0, 1, 0, b'x']).is_err(),
             "ok with text"
         );
-        assert!(decode_reply(&[1, 0, 0]).is_err());
+        assert!(decode_reply(&[VERSION, 0, 0]).is_err());
+        assert!(decode_reply(&[1, 0, 0, 0, 1, 0]).is_err(), "version 1");
         let mut too_long = encode_reply(1, Err("x"));
         too_long.resize(MAX_REPLY + 1, b'x');
         assert!(decode_reply(&too_long).is_err());
@@ -1116,7 +1171,7 @@ mod tests {
         let helper = std::thread::spawn(move || {
             theirs.send(&encode_reply(0, Ok(()))).unwrap();
             let mut gate = Recorder::default();
-            serve(&theirs, &mut gate).unwrap();
+            serve(&theirs, &mut gate, false).unwrap();
             gate.0
         });
         let ours = Arc::new(ours);
@@ -1160,7 +1215,7 @@ mod tests {
         let (ours, theirs) = Channel::pair().unwrap();
         let helper = std::thread::spawn(move || {
             theirs.send(&encode_reply(0, Ok(()))).unwrap();
-            serve(&theirs, &mut Recorder(Vec::new(), true)).unwrap();
+            serve(&theirs, &mut Recorder(Vec::new(), true), false).unwrap();
         });
         let mut gate = RemoteGate::connect(Arc::new(ours), Duration::from_secs(5)).unwrap();
         let err = gate.apply(&sample()).unwrap_err().to_string();

@@ -49,6 +49,22 @@ fn privs(status_file: &str) -> Privs {
 }
 
 /// Every thread of `pid`.
+/// The CPUs a task may run on (Cpus_allowed_list of /proc/.../status).
+fn cpus(status_file: &str) -> Vec<u32> {
+    let text = std::fs::read_to_string(status_file).unwrap();
+    let list = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_else(|| panic!("{status_file} has no Cpus_allowed_list"))
+        .trim();
+    list.split(',')
+        .flat_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap()
+        })
+        .collect()
+}
+
 fn tasks(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -224,12 +240,36 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
         .collect();
     assert_eq!(fds.len(), 5, "{fds:#?}");
 
+    // Each capture thread has a CPU of its own; the helper, until it is first asked for
+    // something, may run anywhere.
+    let all_cpus = cpus(&format!("/proc/{pid}/status"));
+    let capture_cpus: Vec<Vec<u32>> = threads
+        .iter()
+        .filter(|t| {
+            std::fs::read_to_string(format!("{t}/comm")).is_ok_and(|c| c.starts_with("capture-"))
+        })
+        .map(|t| cpus(&format!("{t}/status")))
+        .collect();
+    assert!(
+        !capture_cpus.is_empty() && capture_cpus.len() <= all_cpus.len(),
+        "{capture_cpus:?} of {all_cpus:?}"
+    );
+    for (i, c) in capture_cpus.iter().enumerate() {
+        assert_eq!(c, &[all_cpus[i]], "capture-{i} pinned to its own CPU");
+    }
+    assert_eq!(cpus(&format!("/proc/{helper}/status")), all_cpus);
+
     // Knocks still open the port, through the helper; status shows the grant and counts.
     assert!(!tcp_connects(&c, "10.78.1.1", SERVICE, 1.0));
     knock("60s");
     until("knock never opened", Duration::from_secs(3), || {
         tcp_connects(&c, "10.78.1.1", SERVICE, 0.5)
     });
+    // The grant moved the helper to the CPU of the thread that asked, so that the request
+    // and its reply are switches on one CPU, not wake-ups of another.
+    let helper_cpus = cpus(&format!("/proc/{helper}/status"));
+    assert_eq!(helper_cpus.len(), 1, "{helper_cpus:?}");
+    assert!(all_cpus.contains(&helper_cpus[0]), "{helper_cpus:?}");
     send_udp(&c, "10.78.1.1", PORT, b"not a knock");
     send_udp(&c, "10.78.1.1", PORT, &[0u8; 242]);
     let mut reply = serde_json::Value::Null;
