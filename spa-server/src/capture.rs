@@ -51,6 +51,10 @@ pub struct PacketSocket {
 /// at most 60 + 8 + 242 (IPv4 with options) or 40 + 8 + 242 (IPv6). Longer frames are cut
 /// to the slot and dropped as truncated by the parser.
 const RING_FRAME_SIZE: usize = 1024;
+/// Where a slot's frame area starts: after the frame header (32 bytes, aligned) and the
+/// sockaddr_ll (TPACKET2_HDRLEN); the kernel puts the network header further on (80).
+const FRAME_AREA: usize =
+    ((size_of::<libc::tpacket2_hdr>() + 15) & !15) + size_of::<libc::sockaddr_ll>();
 /// Slots per ring block: 64 KiB blocks, a whole number of pages on every page size.
 const RING_BLOCK_FRAMES: usize = 64;
 /// Slots for all capture sockets together (8 MiB of kernel memory), split among them;
@@ -65,7 +69,7 @@ struct Ring {
     map: *mut u8,
     len: usize,
     frames: usize,
-    next: std::cell::Cell<usize>,
+    next: usize,
 }
 
 // SAFETY: the mapping belongs to this socket alone and is used by the one thread that
@@ -94,8 +98,8 @@ impl Ring {
     }
 }
 
-/// Asks the CPU to start loading a slot's frame header and the first 320 bytes of its
-/// frame (a knock's headers and payload) into the cache. Only a hint: nothing is read.
+/// Asks the CPU to start loading a slot's first 384 bytes (its header, and a knock's
+/// network and UDP headers and payload) into the cache. Only a hint: nothing is read.
 fn prefetch(slot: *const u8) {
     #[cfg(target_arch = "x86_64")]
     for line in 0..6 {
@@ -205,7 +209,7 @@ impl PacketSocket {
             map: map.cast(),
             len,
             frames,
-            next: std::cell::Cell::new(0),
+            next: 0,
         };
 
         // SAFETY: an all-zero sockaddr_ll is valid; we fill the fields bind needs.
@@ -237,15 +241,16 @@ impl PacketSocket {
     /// Waits up to the read timeout for a frame, then hands each waiting frame, up to
     /// `max`, to `f` in place in the ring (no copy), and gives its slot back to the kernel
     /// when `f` returns. Frames this host sent are handed over with `len` 0. Stops early
-    /// when `f` returns false. Returns how many frames were handed over.
+    /// when `f` returns false. Returns how many frames were handed over. (`&mut self`: a
+    /// slot handed to `f` cannot be handed back to the kernel by a nested call.)
     pub fn recv_each(
-        &self,
+        &mut self,
         max: usize,
         mut f: impl FnMut(&FrameInfo, &[u8]) -> bool,
     ) -> io::Result<usize> {
-        let ring = &self.ring;
+        let ring = &mut self.ring;
         if ring
-            .status(ring.next.get())
+            .status(ring.next)
             .load(std::sync::atomic::Ordering::Acquire)
             & libc::TP_STATUS_USER
             == 0
@@ -273,7 +278,7 @@ impl PacketSocket {
         }
         let mut handed = 0;
         while handed < max {
-            let i = ring.next.get();
+            let i = ring.next;
             let status = ring.status(i);
             if status.load(std::sync::atomic::Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
                 break;
@@ -295,12 +300,19 @@ impl PacketSocket {
                 );
                 (net, snaplen, sll, sec, nsec)
             };
-            // SAFETY: the whole slot, inside the map, ours until handed back after `f`
-            // returns (the kernel writes a slot only while its status is not USER).
-            let whole = unsafe { std::slice::from_raw_parts(slot as *const u8, RING_FRAME_SIZE) };
-            // Offsets the kernel wrote are checked, never trusted to stay in the slot.
-            let data = whole
-                .get(net..)
+            // SAFETY: the slot's frame area, after the header and sockaddr_ll (so not the
+            // status word), inside the map and ours until handed back after `f` returns
+            // (the kernel writes a slot only while its status is not USER).
+            let area = unsafe {
+                std::slice::from_raw_parts(
+                    slot.add(FRAME_AREA) as *const u8,
+                    RING_FRAME_SIZE - FRAME_AREA,
+                )
+            };
+            // Offsets the kernel wrote are checked, never trusted to stay in the area.
+            let data = net
+                .checked_sub(FRAME_AREA)
+                .and_then(|at| area.get(at..))
                 .map(|d| &d[..snaplen.min(d.len())])
                 .unwrap_or(&[]);
             let outgoing = sll.sll_pkttype == PACKET_OUTGOING;
@@ -315,7 +327,7 @@ impl PacketSocket {
             prefetch(ring.slot((i + 1) % ring.frames));
             let more = f(&info, if outgoing { &[] } else { data });
             status.store(libc::TP_STATUS_KERNEL, std::sync::atomic::Ordering::Release);
-            ring.next.set((i + 1) % ring.frames);
+            ring.next = (i + 1) % ring.frames;
             handed += 1;
             if !more {
                 break;

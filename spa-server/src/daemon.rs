@@ -338,7 +338,7 @@ pub fn gate_worker(rx: Receiver<Grant>, handle: Arc<GateHandle>) {
 /// Runs one capture worker until `stop` is set: frames are taken from the socket's
 /// receive ring in batches of up to [`BATCH`], each goes through the pipeline in place.
 pub fn capture_worker(
-    socket: crate::capture::PacketSocket,
+    mut socket: crate::capture::PacketSocket,
     interfaces: Arc<Vec<i32>>,
     pipeline: Arc<Pipeline>,
     grants: Arc<GateHandle>,
@@ -355,9 +355,20 @@ pub fn capture_worker(
             if info.len == 0 || (!interfaces.is_empty() && !interfaces.contains(&info.ifindex)) {
                 return true;
             }
-            let picked = *clock.get_or_insert_with(SystemTime::now);
-            let at = arrival(info.at, picked);
-            gate_gone = !handle(&pipeline, &grants, &mut tally, info, (at, picked), frame);
+            // The clock is read once per batch, and again when a stamp does not fit it
+            // (the batch may have waited, e.g. for a grant applied above).
+            let mut picked = *clock.get_or_insert_with(SystemTime::now);
+            let at = arrival(info.at, picked).unwrap_or_else(|| {
+                picked = SystemTime::now();
+                clock = Some(picked);
+                arrival(info.at, picked).unwrap_or(picked)
+            });
+            match handle(&pipeline, &grants, &mut tally, info, (at, picked), frame) {
+                Flow::Next => {}
+                // Applying a grant can take a while: the next frame reads the clock.
+                Flow::Granted => clock = None,
+                Flow::GateGone => gate_gone = true,
+            }
             !gate_gone
         });
         let got = match got {
@@ -382,22 +393,35 @@ pub fn capture_worker(
 /// The most frames a capture thread handles between two looks at its stop flag.
 pub const BATCH: usize = 64;
 
-/// How far a frame's kernel timestamp may lie from the clock before it is not believed.
+/// How long before the clock reading a frame's kernel timestamp may lie and be believed.
 pub const ARRIVAL_SKEW: Duration = Duration::from_secs(1);
+/// How far after it (a timestamp is taken before the clock is read; this is only for
+/// clocks read on two CPUs).
+pub const ARRIVAL_LEAD: Duration = Duration::from_millis(10);
 
 /// A frame's time: when the kernel received it (`stamped`, the ring slot's timestamp:
-/// exact, and no clock read per frame), unless that is more than [`ARRIVAL_SKEW`] from
-/// `wall`, the clock read once per batch, and so not wall-clock time (kernels before
-/// 5.18 could pass on a monotonic delivery time); then `wall`.
-pub fn arrival(stamped: SystemTime, wall: SystemTime) -> SystemTime {
-    let off = wall
-        .duration_since(stamped)
-        .unwrap_or_else(|e| e.duration());
-    if off <= ARRIVAL_SKEW {
-        stamped
-    } else {
-        wall
-    }
+/// exact, and no clock read per frame), when that fits `wall`, a clock reading taken
+/// after it: at most [`ARRIVAL_SKEW`] before and [`ARRIVAL_LEAD`] after. Otherwise None:
+/// it is not wall-clock time (kernels before 5.18 could pass on a monotonic delivery
+/// time, or a sender's chosen transmit time) or `wall` is stale; the caller reads the
+/// clock again.
+pub fn arrival(stamped: SystemTime, wall: SystemTime) -> Option<SystemTime> {
+    let fits = match wall.duration_since(stamped) {
+        Ok(before) => before <= ARRIVAL_SKEW,
+        Err(after) => after.duration() <= ARRIVAL_LEAD,
+    };
+    fits.then_some(stamped)
+}
+
+/// What became of a frame, for the capture loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Go on.
+    Next,
+    /// A grant was handed to the gate (and perhaps applied, which takes a while).
+    Granted,
+    /// The gate worker is gone: stop.
+    GateGone,
 }
 
 /// Interrupt moderation for the capture threads. A wake-up that finds several frames
@@ -445,7 +469,7 @@ fn reject_line_allowed(now: SystemTime) -> bool {
     }
 }
 
-/// One frame through the pipeline; false when the gate worker is gone.
+/// One frame through the pipeline.
 fn handle(
     pipeline: &Pipeline,
     grants: &GateHandle,
@@ -453,13 +477,17 @@ fn handle(
     info: &crate::capture::FrameInfo,
     (now, picked): (SystemTime, SystemTime),
     frame: &[u8],
-) -> bool {
+) -> Flow {
     match pipeline.handle_frame_from(info.ethertype, frame, now) {
         (_, Outcome::Granted(mut g)) => {
             let since = |t: SystemTime| t.duration_since(now).map_or(0, |d| d.as_micros() as u64);
             g.picked_us = since(picked);
             g.verified_us = since(SystemTime::now());
-            return grants.submit(g);
+            return if grants.submit(g) {
+                Flow::Granted
+            } else {
+                Flow::GateGone
+            };
         }
         (
             _,
@@ -488,7 +516,7 @@ fn handle(
         (src, Outcome::PreAuth(reason)) => tally.add(reason.code(), None, src),
         (src, Outcome::Dropped(drop)) => tally.add(drop.code(), None, src),
     }
-    true
+    Flow::Next
 }
 
 /// How often the daemon logs the audit log's head (when it moved).
@@ -714,7 +742,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     // (crate::privsep), answers a capture thread on that thread's own CPU. "running" is
     // said once all are placed.
     let cpus = allowed_cpus();
-    let placed = Arc::new(std::sync::Barrier::new(sockets.len() + 1));
+    let (placed_tx, placed) = std::sync::mpsc::channel::<()>();
     let capture: Vec<_> = sockets
         .into_iter()
         .enumerate()
@@ -725,7 +753,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
                 pipeline.clone(),
                 handle.clone(),
                 stop.clone(),
-                placed.clone(),
+                placed_tx.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("capture-{i}"))
@@ -736,13 +764,16 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
                             tracing::debug!(cpu, "capture thread not pinned");
                         }
                     }
-                    placed.wait();
+                    let _ = placed.send(());
                     capture_worker(socket, interfaces, pipeline, handle, stop)
                 })
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    placed.wait();
+    // Each thread says it is placed (none waits: if one cannot be started, run returns).
+    for _ in 0..workers {
+        let _ = placed.recv();
+    }
     tracing::info!(
         port = config.port,
         workers,
@@ -862,14 +893,17 @@ mod tests {
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let ms = Duration::from_millis;
         // Received a moment ago (or, with clocks read on two CPUs, a moment "ahead").
-        assert_eq!(arrival(wall - ms(3), wall), wall - ms(3));
-        assert_eq!(arrival(wall + ms(1), wall), wall + ms(1));
-        assert_eq!(arrival(wall - ms(1000), wall), wall - ms(1000));
-        // A monotonic stamp (seconds since boot) or anything far off: the clock.
+        assert_eq!(arrival(wall - ms(3), wall), Some(wall - ms(3)));
+        assert_eq!(arrival(wall + ms(1), wall), Some(wall + ms(1)));
+        assert_eq!(arrival(wall + ms(10), wall), Some(wall + ms(10)));
+        assert_eq!(arrival(wall - ms(1000), wall), Some(wall - ms(1000)));
+        // A monotonic stamp (seconds since boot), a stamp from the future (a sender's
+        // chosen transmit time), or a stale clock reading: not believed.
         let boot = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000);
-        assert_eq!(arrival(boot, wall), wall);
-        assert_eq!(arrival(wall - ms(1001), wall), wall);
-        assert_eq!(arrival(wall + Duration::from_secs(60), wall), wall);
+        assert_eq!(arrival(boot, wall), None);
+        assert_eq!(arrival(wall - ms(1001), wall), None);
+        assert_eq!(arrival(wall + ms(11), wall), None);
+        assert_eq!(arrival(wall + Duration::from_secs(60), wall), None);
     }
 
     #[test]

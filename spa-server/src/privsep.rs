@@ -719,7 +719,7 @@ pub fn encode_request(seq: u32, cpu: Option<u16>, changes: &[GateChange]) -> Vec
     let mut out = Vec::with_capacity(HEADER_LEN + changes.len() * CHANGE_LEN);
     out.push(VERSION);
     out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&cpu.filter(|&c| c != NO_CPU).unwrap_or(NO_CPU).to_be_bytes());
+    out.extend_from_slice(&cpu.unwrap_or(NO_CPU).to_be_bytes());
     out.extend_from_slice(&(changes.len() as u16).to_be_bytes());
     for c in changes {
         encode_change(&mut out, c);
@@ -1162,6 +1162,49 @@ mod tests {
             }
             self.0.extend_from_slice(changes);
             Ok(())
+        }
+    }
+
+    /// Records, with each batch, the CPUs the applying thread may run on.
+    struct WhereApplied(Vec<Vec<usize>>);
+
+    impl Gate for WhereApplied {
+        fn apply(&mut self, _: &[GateChange]) -> io::Result<()> {
+            let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+            let cpus = (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect();
+            self.0.push(cpus);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_helper_moves_to_the_cpu_a_request_names_and_ignores_one_it_cannot_use() {
+        let (ours, theirs) = Channel::pair().unwrap();
+        // The serving thread is a throwaway one: only it is moved.
+        let helper = std::thread::spawn(move || {
+            let mut gate = WhereApplied(Vec::new());
+            serve(&theirs, &mut gate, true).unwrap();
+            gate.0
+        });
+        let me = nix::sched::sched_getcpu().unwrap() as u16;
+        let mut buf = [0; MAX_REPLY];
+        let mut ask = |seq: u32, cpu: Option<u16>| {
+            ours.send(&encode_request(seq, cpu, &sample())).unwrap();
+            let n = ours.recv(&mut buf).unwrap().unwrap();
+            assert_eq!(decode_reply(&buf[..n]).unwrap(), (seq, Ok(())), "{cpu:?}");
+        };
+        ask(1, Some(me));
+        // CPUs that do not exist: applied all the same, and the thread stays where it was.
+        ask(2, Some(4000));
+        ask(3, Some(NO_CPU - 1));
+        ask(4, None);
+        ours.shutdown();
+        let seen = helper.join().unwrap();
+        assert_eq!(seen.len(), 4);
+        for cpus in &seen {
+            assert_eq!(cpus, &[usize::from(me)]);
         }
     }
 

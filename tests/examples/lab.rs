@@ -408,7 +408,7 @@ fn bench() {
     print!("junk {}", String::from_utf8_lossy(&out.stdout));
     std::thread::sleep(Duration::from_millis(500));
     let cpu1 = d.cpu_s();
-    let mac1 = bad_mac1() - mac1_0;
+    let mac1 = bad_mac1().saturating_sub(mac1_0);
     let (cpu_user, cpu_sys) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
 
     // Knock-to-open while the attacker floods junk as fast as it can (bounded: at most
