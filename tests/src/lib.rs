@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod server;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

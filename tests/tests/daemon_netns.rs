@@ -15,6 +15,7 @@ use spa_e2e::daemon::{in_set, until, wait_listening, Daemon};
 use spa_e2e::netns::{
     link, nmap_state, privileged, send_udp, session_survives, tcp_connects, tcp_listener, Netns,
 };
+use spa_e2e::server::ServerFiles;
 use spa_e2e::{bin, run};
 use spa_keys::profile::Profile;
 use spa_proto::{seal, Access, Action, OpenAddr, Request};
@@ -112,52 +113,9 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         String::from_utf8_lossy(&s.run(&["nft", "list", "table", "inet", "other"]).stdout)
             .into_owned();
 
-    let dir = tempfile::tempdir().unwrap();
-    let etc = dir.path().join("etc");
-    let config = etc.join("server.toml").display().to_string();
-    let home = dir.path();
-    assert!(
-        run(
-            "spa-server",
-            &[
-                "init",
-                "--dir",
-                etc.to_str().unwrap(),
-                "--port",
-                &PORT.to_string()
-            ],
-            home
-        )
-        .ok
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            "protect = [\"ssh\"]",
-            &format!("protect = [\"tcp/{SERVICE}\"]"),
-        ),
-    )
-    .unwrap();
-    let bundle = dir.path().join("alice.bundle").display().to_string();
-    let r = run(
-        "spa-server",
-        &[
-            "--config",
-            &config,
-            "user",
-            "provision",
-            "alice",
-            "--allow",
-            &format!("tcp/{SERVICE}"),
-            "--endpoint",
-            "10.77.1.1",
-            "--out",
-            &bundle,
-        ],
-        home,
-    );
-    assert!(r.ok, "{r:?}");
+    let server = ServerFiles::init(PORT, SERVICE);
+    let (config, home) = (server.config.clone(), server.home());
+    let bundle = server.provision("alice", &format!("tcp/{SERVICE}"), "10.77.1.1");
 
     let mut listener = tcp_listener(&s, SERVICE);
     wait_listening(&s, SERVICE);
@@ -333,7 +291,7 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
         .split('"')
         .filter(|w| w.starts_with("SPA-"))
         .chain(
-            std::fs::read_to_string(etc.join("server.key"))
+            std::fs::read_to_string(server.etc("server.key"))
                 .unwrap()
                 .lines()
                 .filter(|l| l.starts_with("SPA-")),
@@ -419,10 +377,10 @@ fn knock_opens_for_the_knocker_only_expires_and_survives_kill_9() {
     ]);
     assert_eq!(table.lines().count(), 2, "header and one row: {table}");
     assert!(table.contains("replay"), "{table}");
-    let key = etc.join("audit-verify.key").display().to_string();
+    let key = server.etc("audit-verify.key").display().to_string();
     let verified = audit(&["--verify", "--key", &key]);
     assert!(verified.contains("chain intact"), "{verified}");
-    let all_audit: String = std::fs::read_dir(etc.join("audit"))
+    let all_audit: String = std::fs::read_dir(server.etc("audit"))
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
         .collect();
@@ -482,48 +440,10 @@ fn forward_hook_gates_a_service_behind_the_host() {
     a.run(&["ip", "route", "add", "10.78.3.0/24", "via", "10.78.2.1"]);
     b.run(&["ip", "route", "add", "default", "via", "10.78.3.1"]);
 
-    let dir = tempfile::tempdir().unwrap();
-    let etc = dir.path().join("etc");
-    let config = etc.join("server.toml").display().to_string();
-    let home = dir.path();
-    let port = PORT.to_string();
-    assert!(
-        run(
-            "spa-server",
-            &["init", "--dir", etc.to_str().unwrap(), "--port", &port],
-            home
-        )
-        .ok
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    let forward_on = text
-        .replace(
-            "protect = [\"ssh\"]",
-            &format!("protect = [\"tcp/{SERVICE}\"]"),
-        )
-        .replace("forward = false", "forward = true");
-    assert_ne!(forward_on, text);
-    std::fs::write(&config, &forward_on).unwrap();
-    let bundle = dir.path().join("alice.bundle").display().to_string();
-    let service = format!("tcp/{SERVICE}");
-    let r = run(
-        "spa-server",
-        &[
-            "--config",
-            &config,
-            "user",
-            "provision",
-            "alice",
-            "--allow",
-            &service,
-            "--endpoint",
-            "10.78.1.1",
-            "--out",
-            &bundle,
-        ],
-        home,
-    );
-    assert!(r.ok, "{r:?}");
+    let server = ServerFiles::init(PORT, SERVICE);
+    server.edit("forward = false", "forward = true");
+    let config = server.config.clone();
+    let bundle = server.provision("alice", &format!("tcp/{SERVICE}"), "10.78.1.1");
     let mut listener = tcp_listener(&b, SERVICE);
     wait_listening(&b, SERVICE);
     let daemon = Daemon::start(&s, &config);
@@ -550,11 +470,7 @@ fn forward_hook_gates_a_service_behind_the_host() {
 
     // Off again: the next start removes our forward chain, and the service is reachable
     // through the host as before spa (the admin chose not to gate it).
-    std::fs::write(
-        &config,
-        forward_on.replace("forward = true", "forward = false"),
-    )
-    .unwrap();
+    server.edit("forward = true", "forward = false");
     assert!(s.try_run(&["nft", "list", "chain", "inet", "spa", "forward"]));
     let daemon = Daemon::start(&s, &config);
     assert!(!s.try_run(&["nft", "list", "chain", "inet", "spa", "forward"]));

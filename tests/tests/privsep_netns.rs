@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use spa_e2e::daemon::{in_set, until, Daemon};
 use spa_e2e::netns::{link, privileged, send_udp, tcp_connects, tcp_listener, Netns};
+use spa_e2e::server::ServerFiles;
 use spa_e2e::{bin, run};
 
 const PORT: u16 = 23457;
@@ -106,50 +107,9 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
     }
     let (s, c) = (Netns::new("srv"), Netns::new("cli"));
     link(&s, "s-c", &["10.78.1.1/24"], &c, "c-s", &["10.78.1.2/24"]);
-    let dir = tempfile::tempdir().unwrap();
-    let etc = dir.path().join("etc");
-    let config = etc.join("server.toml").display().to_string();
-    let home = dir.path();
-    let r = run(
-        "spa-server",
-        &[
-            "init",
-            "--dir",
-            etc.to_str().unwrap(),
-            "--port",
-            &PORT.to_string(),
-        ],
-        home,
-    );
-    assert!(r.ok, "{r:?}");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            "protect = [\"ssh\"]",
-            &format!("protect = [\"tcp/{SERVICE}\"]"),
-        ),
-    )
-    .unwrap();
-    let bundle = dir.path().join("alice.bundle").display().to_string();
-    let r = run(
-        "spa-server",
-        &[
-            "--config",
-            &config,
-            "user",
-            "provision",
-            "alice",
-            "--allow",
-            &format!("tcp/{SERVICE}"),
-            "--endpoint",
-            "10.78.1.1",
-            "--out",
-            &bundle,
-        ],
-        home,
-    );
-    assert!(r.ok, "{r:?}");
+    let server = ServerFiles::init(PORT, SERVICE);
+    let (config, home) = (server.config.clone(), server.home());
+    let bundle = server.provision("alice", &format!("tcp/{SERVICE}"), "10.78.1.1");
     let mut listener = tcp_listener(&s, SERVICE);
     let status = |json: bool| {
         let mut args = vec!["--config", config.as_str(), "status"];
@@ -307,7 +267,7 @@ fn verifier_holds_nothing_helper_only_net_admin_and_each_dies_with_the_other() {
         r.stdout
     );
     assert!(r.stdout.contains("granted"), "{}", r.stdout);
-    let sock = std::fs::metadata(etc.join("status.sock")).unwrap();
+    let sock = std::fs::metadata(server.etc("status.sock")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&sock.permissions()) & 0o777,
         0o600
@@ -415,54 +375,16 @@ fn hooks_run_in_their_own_process_as_nobody_on_open_and_expiry() {
     }
     let (s, c) = (Netns::new("hsrv"), Netns::new("hcli"));
     link(&s, "s-c", &["10.79.1.1/24"], &c, "c-s", &["10.79.1.2/24"]);
-    let dir = tempfile::tempdir().unwrap();
-    let etc = dir.path().join("etc");
-    let config = etc.join("server.toml").display().to_string();
-    let home = dir.path();
-    let port = PORT.to_string();
-    assert!(
-        run(
-            "spa-server",
-            &["init", "--dir", etc.to_str().unwrap(), "--port", &port],
-            home
-        )
-        .ok
+    let server = ServerFiles::init(PORT, SERVICE);
+    server.append(
+        "[hooks]\nrun_as = \"nobody\"\ntimeout = \"5s\"\n\n[[hooks.rule]]\n\
+         user = \"alice\"\non_open = [\"/usr/bin/env\"]\non_close = [\"/usr/bin/id\", \"-u\"]\n",
     );
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace(
-        "protect = [\"ssh\"]",
-        &format!("protect = [\"tcp/{SERVICE}\"]"),
-    );
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[hooks]\nrun_as = \"nobody\"\ntimeout = \"5s\"\n\n[[hooks.rule]]\n\
-             user = \"alice\"\non_open = [\"/usr/bin/env\"]\non_close = [\"/usr/bin/id\", \"-u\"]\n"
-        ),
-    )
-    .unwrap();
-    let check = run("spa-server", &["--config", &config, "check"], home);
+    let config = server.config.clone();
+    let check = server.admin(&["check"]);
     assert!(check.ok, "{check:?}");
-    let bundle = dir.path().join("alice.bundle").display().to_string();
     let service = format!("tcp/{SERVICE}");
-    let r = run(
-        "spa-server",
-        &[
-            "--config",
-            &config,
-            "user",
-            "provision",
-            "alice",
-            "--allow",
-            &service,
-            "--endpoint",
-            "10.79.1.1",
-            "--out",
-            &bundle,
-        ],
-        home,
-    );
-    assert!(r.ok, "{r:?}");
+    let bundle = server.provision("alice", &service, "10.79.1.1");
     let daemon = Daemon::start(&s, &config);
     let pid = daemon.pid();
     let kids = children(pid);
