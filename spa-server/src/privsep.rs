@@ -834,10 +834,27 @@ impl RemoteGate {
         Ok(gate)
     }
 
+    /// How long [`Gate::apply`] waits for each reply ([`REPLY_TIMEOUT`] unless changed).
+    pub fn set_reply_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.channel.set_read_timeout(Some(timeout))
+    }
+
     /// The reply to request `seq`; older replies (to requests that timed out) are skipped.
     fn reply(&mut self, seq: u32) -> io::Result<Result<(), String>> {
         loop {
-            let n = self.channel.recv(&mut self.buf)?.ok_or_else(|| {
+            let n = match self.channel.recv(&mut self.buf) {
+                Ok(n) => n,
+                // Not "failed": the helper may still apply it. Said so, for the record.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the firewall helper gave no answer in time: the change may still \
+                         be applied (the kernel ends it on time either way)",
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+            .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::BrokenPipe, "the firewall helper is gone")
             })?;
             let (got, result) = decode_reply(&self.buf[..n])?;
@@ -1269,6 +1286,20 @@ mod tests {
         let (ours, _theirs) = Channel::pair().unwrap();
         let err = RemoteGate::connect(Arc::new(ours), Duration::from_millis(100)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        // A helper that takes the request and never answers: the error says the change
+        // may still happen, rather than that it failed.
+        let (ours, theirs) = Channel::pair().unwrap();
+        theirs.send(&encode_reply(0, Ok(()))).unwrap();
+        let gate = RemoteGate::connect(Arc::new(ours), Duration::from_secs(5));
+        let mut gate = gate.unwrap();
+        gate.set_reply_timeout(Duration::from_millis(100)).unwrap();
+        let err = gate.apply(&sample()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("may still be applied"), "{err}");
+        let mut buf = vec![0; MAX_REQUEST];
+        let n = theirs.recv(&mut buf).unwrap().unwrap();
+        assert_eq!(decode_request(&buf[..n]).unwrap().changes, sample());
     }
 
     #[test]
