@@ -268,7 +268,11 @@ fn apply_batch(
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened");
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                tracing::error!(error = %e, grants = batch.len(), "the firewall helper did not answer in time; these grants may still open");
+            } else {
+                tracing::error!(error = %e, grants = batch.len(), "firewall update failed; nothing opened");
+            }
             let mut failed: Vec<Record> = batch
                 .iter()
                 .map(|g| {
@@ -393,15 +397,18 @@ pub fn capture_worker(
 /// The most frames a capture thread handles between two looks at its stop flag.
 pub const BATCH: usize = 64;
 
-/// How long before the clock reading a frame's kernel timestamp may lie and be believed.
-pub const ARRIVAL_SKEW: Duration = Duration::from_secs(1);
-/// How far after it (a timestamp is taken before the clock is read; this is only for
-/// clocks read on two CPUs).
+/// How long before the clock reading a frame's kernel timestamp may lie and be believed:
+/// more than a frame can wait in the ring (a batch held up by the helper's reply timeout),
+/// far less than the knock time window, and nowhere near a monotonic time (seconds since
+/// boot).
+pub const ARRIVAL_SKEW: Duration = Duration::from_secs(10);
+/// How far after it: frames that arrive while a batch is handled are newer than the
+/// batch's clock reading; a stamp further ahead makes the loop read the clock again.
 pub const ARRIVAL_LEAD: Duration = Duration::from_millis(10);
 
 /// A frame's time: when the kernel received it (`stamped`, the ring slot's timestamp:
-/// exact, and no clock read per frame), when that fits `wall`, a clock reading taken
-/// after it: at most [`ARRIVAL_SKEW`] before and [`ARRIVAL_LEAD`] after. Otherwise None:
+/// exact, and no clock read per frame), when that fits `wall`, a clock reading: at most
+/// [`ARRIVAL_SKEW`] before it and [`ARRIVAL_LEAD`] after. Otherwise None:
 /// it is not wall-clock time (kernels before 5.18 could pass on a monotonic delivery
 /// time, or a sender's chosen transmit time) or `wall` is stale; the caller reads the
 /// clock again.
@@ -770,7 +777,9 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    // Each thread says it is placed (none waits: if one cannot be started, run returns).
+    // Each thread says it is placed (none waits: if one cannot be started, run returns;
+    // with our sender dropped, one that dies before it says so ends the wait too).
+    drop(placed_tx);
     for _ in 0..workers {
         let _ = placed.recv();
     }
@@ -896,12 +905,12 @@ mod tests {
         assert_eq!(arrival(wall - ms(3), wall), Some(wall - ms(3)));
         assert_eq!(arrival(wall + ms(1), wall), Some(wall + ms(1)));
         assert_eq!(arrival(wall + ms(10), wall), Some(wall + ms(10)));
-        assert_eq!(arrival(wall - ms(1000), wall), Some(wall - ms(1000)));
+        assert_eq!(arrival(wall - ms(10_000), wall), Some(wall - ms(10_000)));
         // A monotonic stamp (seconds since boot), a stamp from the future (a sender's
         // chosen transmit time), or a stale clock reading: not believed.
         let boot = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000);
         assert_eq!(arrival(boot, wall), None);
-        assert_eq!(arrival(wall - ms(1001), wall), None);
+        assert_eq!(arrival(wall - ms(10_001), wall), None);
         assert_eq!(arrival(wall + ms(11), wall), None);
         assert_eq!(arrival(wall + Duration::from_secs(60), wall), None);
     }

@@ -834,9 +834,11 @@ impl RemoteGate {
         Ok(gate)
     }
 
-    /// How long [`Gate::apply`] waits for each reply ([`REPLY_TIMEOUT`] unless changed).
+    /// How long [`Gate::apply`] waits for each reply ([`REPLY_TIMEOUT`] unless changed);
+    /// at least 1 ms (a zero socket timeout would mean forever).
     pub fn set_reply_timeout(&self, timeout: Duration) -> io::Result<()> {
-        self.channel.set_read_timeout(Some(timeout))
+        self.channel
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
     }
 
     /// The reply to request `seq`; older replies (to requests that timed out) are skipped.
@@ -849,7 +851,7 @@ impl RemoteGate {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the firewall helper gave no answer in time: the change may still \
-                         be applied (the kernel ends it on time either way)",
+                         be applied late, and then lasts its full duration from then",
                     ))
                 }
                 Err(e) => return Err(e),

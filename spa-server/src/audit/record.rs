@@ -20,7 +20,9 @@ pub enum Decision {
     Expired,
     /// A knock was refused (`reason` says why; `count` > 1 for a summary).
     Rejected,
-    /// A knock was accepted but the firewall could not be changed: nothing opened.
+    /// A knock was accepted but the firewall could not be changed: nothing opened. Or
+    /// the firewall helper gave no answer in time, which `error` says: then the change
+    /// may still be applied late, and lasts its full duration from then.
     Failed,
     /// The daemon started.
     Started,
