@@ -384,6 +384,7 @@ pub fn capture_worker(
             }
         };
         if merged.elapsed() >= Duration::from_secs(1) {
+            count_ring_drops(&socket, &pipeline, &mut tally);
             grants.audit.merge(&mut tally);
             merged = Instant::now();
         }
@@ -391,7 +392,19 @@ pub fn capture_worker(
             std::thread::sleep(COALESCE);
         }
     }
+    count_ring_drops(&socket, &pipeline, &mut tally);
     grants.audit.merge(&mut tally);
+}
+
+/// Frames the kernel could not put in a full ring: counted (status, audit summaries) and
+/// logged, never silent.
+fn count_ring_drops(socket: &crate::capture::PacketSocket, pipeline: &Pipeline, tally: &mut Tally) {
+    if let Ok(n @ 1..) = socket.take_drops() {
+        tracing::warn!(frames = n, "capture ring full: the kernel dropped frames");
+        let ring_full = crate::packet::Drop::RingFull;
+        pipeline.counters.add_drops(ring_full, u64::from(n));
+        tally.add_n(ring_full.code(), None, None, u64::from(n));
+    }
 }
 
 /// The most frames a capture thread handles between two looks at its stop flag.

@@ -93,6 +93,13 @@ impl Default for Counters {
 }
 
 impl Counters {
+    /// Counts `n` frames dropped for `reason` outside the pipeline (a full capture ring).
+    pub fn add_drops(&self, reason: packet::Drop, n: u64) {
+        if let Some(i) = packet::Drop::ALL.iter().position(|x| *x == reason) {
+            self.drops[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     fn count(&self, outcome: &Outcome) {
         let bump = |c: &AtomicU64| {
             c.fetch_add(1, Ordering::Relaxed);

@@ -55,6 +55,11 @@ pub struct Tally {
 impl Tally {
     /// Counts one reject (`src` is `None` for a frame too broken to have one).
     pub fn add(&mut self, reason: &'static str, who: Option<&Who>, src: Option<IpAddr>) {
+        self.add_n(reason, who, src, 1);
+    }
+
+    /// Counts `n` rejects of one kind at once.
+    pub fn add_n(&mut self, reason: &'static str, who: Option<&Who>, src: Option<IpAddr>, n: u64) {
         let e = match self
             .entries
             .iter_mut()
@@ -72,9 +77,9 @@ impl Tally {
                 self.entries.last_mut().expect("just pushed")
             }
         };
-        e.count += 1;
+        e.count += n;
         if let Some(src) = src {
-            e.add_source(src, 1);
+            e.add_source(src, n);
         }
     }
 
