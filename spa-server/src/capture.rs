@@ -51,10 +51,11 @@ pub struct PacketSocket {
 /// at most 60 + 8 + 242 (IPv4 with options) or 40 + 8 + 242 (IPv6). Longer frames are cut
 /// to the slot and dropped as truncated by the parser.
 const RING_FRAME_SIZE: usize = 1024;
-/// Where a slot's frame area starts: after the frame header (32 bytes, aligned) and the
-/// sockaddr_ll (TPACKET2_HDRLEN); the kernel puts the network header further on (80).
-const FRAME_AREA: usize =
-    ((size_of::<libc::tpacket2_hdr>() + 15) & !15) + size_of::<libc::sockaddr_ll>();
+/// Where a slot's sockaddr_ll starts: TPACKET_ALIGN(sizeof(tpacket2_hdr)) = 32.
+const SLL_OFFSET: usize = (size_of::<libc::tpacket2_hdr>() + 15) & !15;
+/// Where a slot's frame area starts: after the frame header and the sockaddr_ll
+/// (TPACKET2_HDRLEN); the kernel puts the network header further on (80).
+const FRAME_AREA: usize = SLL_OFFSET + size_of::<libc::sockaddr_ll>();
 /// Slots per ring block: 64 KiB blocks, a whole number of pages on every page size.
 const RING_BLOCK_FRAMES: usize = 64;
 /// Slots for all capture sockets together (4 MiB of kernel memory), split among them;
@@ -315,10 +316,7 @@ impl PacketSocket {
                 let snaplen = std::ptr::read(std::ptr::addr_of!((*h).tp_snaplen)) as usize;
                 let sec = std::ptr::read(std::ptr::addr_of!((*h).tp_sec));
                 let nsec = std::ptr::read(std::ptr::addr_of!((*h).tp_nsec));
-                let sll = std::ptr::read(
-                    slot.add((size_of::<libc::tpacket2_hdr>() + 15) & !15)
-                        .cast::<libc::sockaddr_ll>(),
-                );
+                let sll = std::ptr::read(slot.add(SLL_OFFSET).cast::<libc::sockaddr_ll>());
                 (net, snaplen, sll, sec, nsec)
             };
             // SAFETY: the slot's frame area, after the header and sockaddr_ll (so not the

@@ -452,16 +452,6 @@ enum Flow {
 /// during a flood a knock waits at most this (plus timer slack) longer.
 pub const COALESCE: Duration = Duration::from_micros(200);
 
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
-        return Vec::new();
-    };
-    (0..nix::sched::CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect()
-}
-
 /// At most this many reject lines per second; the rest are counted and summarised, so
 /// resent captured knocks (authenticated, so attributable) cannot flood the log.
 pub const REJECT_LINES_PER_SEC: u64 = 50;
@@ -761,7 +751,7 @@ pub fn run(config: &spa_keys::server::ServerConfig) -> Result<(), String> {
     // share a CPU, and the firewall helper, which moves to the CPU a request names
     // (crate::privsep), answers a capture thread on that thread's own CPU. "running" is
     // said once all are placed.
-    let cpus = allowed_cpus();
+    let cpus = crate::privsep::allowed_cpus();
     let (placed_tx, placed) = std::sync::mpsc::channel::<()>();
     let capture: Vec<_> = sockets
         .into_iter()

@@ -916,6 +916,16 @@ pub fn serve(channel: &Channel, gate: &mut dyn Gate, follow: bool) -> io::Result
     }
 }
 
+/// The CPUs the calling thread may run on (none when that cannot be read).
+pub fn allowed_cpus() -> Vec<usize> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
 /// Pins the calling thread to `cpu`; false (and left where it was) when that is refused,
 /// e.g. a CPU that does not exist or is not allowed.
 pub fn move_to(cpu: usize) -> bool {
@@ -1189,11 +1199,7 @@ mod tests {
 
     impl Gate for WhereApplied {
         fn apply(&mut self, _: &[GateChange]) -> io::Result<()> {
-            let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-            let cpus = (0..nix::sched::CpuSet::count())
-                .filter(|&c| set.is_set(c).unwrap_or(false))
-                .collect();
-            self.0.push(cpus);
+            self.0.push(allowed_cpus());
             Ok(())
         }
     }
