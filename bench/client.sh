@@ -6,20 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -q -p spa-client -p spa-server --bins
 exec python3 - "${1:-200}" <<'PY'
-import os, resource, socket, subprocess, sys, tempfile, time
+import resource, subprocess, sys, tempfile
+sys.path.insert(0, "bench")
+from spa_loopback import CLIENT as client, loopback_profile
 n = int(sys.argv[1])
-client = os.path.abspath("target/release/spa-client")
-server = os.path.abspath("target/release/spa-server")
 with tempfile.TemporaryDirectory() as d:
-    etc = os.path.join(d, "etc")
-    subprocess.run([server, "init", "--dir", etc, "--port", "23456"], check=True, stdout=subprocess.DEVNULL)
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sink.bind(("127.0.0.1", 0))
-    port = sink.getsockname()[1]
-    card = subprocess.run([server, "--config", os.path.join(etc, "server.toml"), "card", "--endpoint", f"127.0.0.1:{port}"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    prof = os.path.join(d, "me.spa")
-    subprocess.run([client, "--key", prof, "keygen"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run([client, "--key", prof, "add-server", "lo", card], check=True, stdout=subprocess.DEVNULL)
+    prof, sink, _ = loopback_profile(d)
     sink.settimeout(0.5)
     def cpu(args):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

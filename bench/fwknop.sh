@@ -45,21 +45,14 @@ echo "# spa: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff
 # Client cost per knock: the client process's own CPU time (user + system, start-up
 # included), both clients interleaved, each knock sent to a loopback sink.
 taskset -c "${CLIENT_CPUS:-0}" python3 - "${CLIENT_RUNS:-200}" "$work" <<'PY'
-import os, resource, socket, statistics, subprocess, sys
+import os, resource, statistics, subprocess, sys
+sys.path.insert(0, "bench")
+from spa_loopback import CLIENT as client, loopback_profile
 n, work = min(int(sys.argv[1]), 2000), sys.argv[2]
-client = os.path.abspath("target/release/spa-client")
-server = os.path.abspath("target/release/spa-server")
 d = os.path.join(work, "client-cost")
 os.makedirs(d)
-etc = os.path.join(d, "etc")
-subprocess.run([server, "init", "--dir", etc, "--port", "23456"], check=True, stdout=subprocess.DEVNULL)
-sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sink.bind(("127.0.0.1", 0)); sink.settimeout(2)
-port = sink.getsockname()[1]
-card = subprocess.run([server, "--config", os.path.join(etc, "server.toml"), "card", "--endpoint", f"127.0.0.1:{port}"],
-                      check=True, capture_output=True, text=True).stdout.strip()
-prof = os.path.join(d, "me.spa")
-subprocess.run([client, "--key", prof, "keygen"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-subprocess.run([client, "--key", prof, "add-server", "lo", card], check=True, stdout=subprocess.DEVNULL)
+prof, sink, port = loopback_profile(d)
+sink.settimeout(2)
 env = dict(os.environ, HOME=d)
 rc = os.path.join(d, "fwknoprc")
 keys = subprocess.run(["fwknop", "--rc-file", rc, "--key-gen"], env=env, check=True, capture_output=True, text=True).stdout
