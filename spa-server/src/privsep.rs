@@ -943,38 +943,48 @@ fn valid_table(table: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// `spa-server firewall-helper --fd N --table T`: the firewall role's process.
-pub fn firewall_helper(fd: RawFd, table: &str) -> Result<(), String> {
+/// A child role's start, the other side of [`wait_ready`]: takes the channel on `fd`,
+/// ignores the group's SIGTERM and SIGINT, drops to `role`'s privileges, runs `start`, and
+/// only then says ready, or why it could not start. `name` prefixes its errors.
+fn start_role<T>(
+    fd: RawFd,
+    role: Role,
+    name: &str,
+    start: impl FnOnce() -> Result<T, String>,
+) -> Result<(Channel, T), String> {
     let channel = Channel::inherit(fd).map_err(|e| e.to_string())?;
     // The daemon decides when this process ends: it closes the channel, or it dies and
     // PR_SET_PDEATHSIG kills us. A SIGTERM or Ctrl-C sent to the whole group is ignored,
-    // so the daemon's own orderly stop is not mistaken for a helper crash.
+    // so the daemon's own orderly stop is not mistaken for a child's crash.
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
-    let started = enter(Role::Firewall)
+    let started = enter(role)
         .map_err(|e| format!("dropping privileges: {e}"))
-        .and_then(|_| {
-            if valid_table(table) {
-                Ok(())
-            } else {
-                Err("not a valid table name".into())
-            }
-        })
-        .and_then(|()| {
-            crate::netlink::NetlinkGate::open(table).map_err(|e| format!("netlink socket: {e}"))
-        });
-    let mut gate = match started {
-        Ok(gate) => gate,
+        .and_then(|_| start());
+    match started {
+        Ok(value) => {
+            channel
+                .send(&encode_reply(0, Ok(())))
+                .map_err(|e| format!("{name}: {e}"))?;
+            Ok((channel, value))
+        }
         Err(e) => {
             let _ = channel.send(&encode_reply(0, Err(&e)));
-            return Err(format!("firewall helper: {e}"));
+            Err(format!("{name}: {e}"))
         }
-    };
-    channel
-        .send(&encode_reply(0, Ok(())))
-        .map_err(|e| format!("firewall helper: {e}"))?;
+    }
+}
+
+/// `spa-server firewall-helper --fd N --table T`: the firewall role's process.
+pub fn firewall_helper(fd: RawFd, table: &str) -> Result<(), String> {
+    let (channel, mut gate) = start_role(fd, Role::Firewall, "firewall helper", || {
+        if !valid_table(table) {
+            return Err("not a valid table name".into());
+        }
+        crate::netlink::NetlinkGate::open(table).map_err(|e| format!("netlink socket: {e}"))
+    })?;
     tracing::debug!(table, "firewall helper ready");
     serve(&channel, &mut gate, true).map_err(|e| format!("firewall helper: channel: {e}"))
 }
@@ -986,33 +996,11 @@ pub const MAX_HOOK_EVENT: usize = 1024;
 /// section of the configuration and runs hooks for the events the daemon sends, one JSON
 /// [`crate::hooks::HookEvent`] per message (validated again here).
 pub fn hook_runner(fd: RawFd, config: &std::path::Path) -> Result<(), String> {
-    let channel = Channel::inherit(fd).map_err(|e| e.to_string())?;
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
-            .map_err(|e| format!("signal handler: {e}"))?;
-    }
-    let started = enter(Role::Hooks)
-        .map_err(|e| format!("dropping privileges: {e}"))
-        .and_then(|_| spa_keys::server::ServerConfig::load(config).map_err(|e| e.to_string()))
-        .and_then(|config| {
-            crate::hooks::HookRunner::start(
-                &config.hooks,
-                crate::hooks::HookLimits::default(),
-                None,
-            )
+    let (channel, runner) = start_role(fd, Role::Hooks, "hook runner", || {
+        let config = spa_keys::server::ServerConfig::load(config).map_err(|e| e.to_string())?;
+        crate::hooks::HookRunner::start(&config.hooks, crate::hooks::HookLimits::default(), None)
             .map_err(|e| e.to_string())
-        });
-    // Like the firewall helper, say ready (or why not) only once privileges are dropped.
-    let runner = match started {
-        Ok(runner) => runner,
-        Err(e) => {
-            let _ = channel.send(&encode_reply(0, Err(&e)));
-            return Err(format!("hook runner: {e}"));
-        }
-    };
-    channel
-        .send(&encode_reply(0, Ok(())))
-        .map_err(|e| format!("hook runner: {e}"))?;
+    })?;
     let mut buf = vec![0u8; MAX_HOOK_EVENT];
     loop {
         match channel.recv(&mut buf) {
